@@ -1,0 +1,1 @@
+"""The cryostack command line."""

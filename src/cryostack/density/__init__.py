@@ -1,0 +1,1 @@
+"""Density: simulation from atoms, Fourier-space filters and grid operations."""

@@ -215,3 +215,47 @@ def simulate_density(
     amp = a * occupancies.to(dt)[:, None]
     return _Splat.apply(coords, btot, amp, tuple(grid.shape), tuple(grid.voxel_size), tuple(grid.origin),
                         float(cutoff), int(chunk_voxels))
+
+
+def grid_around_atoms(coords_xyz, voxel_size_A: float, margin_A: float = 5.0) -> GridSpec:
+    """A grid at ``voxel_size_A`` covering the atoms ``(N, 3)`` Å plus ``margin_A`` on every side.
+
+    The origin is snapped to a multiple of the voxel size so that maps simulated for different
+    models share a lattice.
+    """
+    import numpy as np
+
+    c = np.asarray(coords_xyz, dtype=np.float64).reshape(-1, 3)
+    lo = np.floor((c.min(axis=0) - margin_A) / voxel_size_A) * voxel_size_A
+    hi = c.max(axis=0) + margin_A
+    n_xyz = np.ceil((hi - lo) / voxel_size_A).astype(int) + 1
+    return GridSpec(tuple(n_xyz[::-1]), (voxel_size_A,) * 3, tuple(lo))
+
+
+def simulate_model_map(
+    structure,
+    grid: GridSpec,
+    resolution_A: float,
+    *,
+    use_b_factors: bool = True,
+    include_hydrogens: bool = False,
+    device: str = "cpu",
+):
+    """Simulate the map of a :class:`~cryostack.io.models.Structure` on ``grid`` (numpy ``[z, y, x]``).
+
+    Hydrogens are left out by default, since deposited models rarely carry them consistently.
+    """
+    arr = structure.atoms()
+    keep = slice(None) if include_hydrogens else ~arr.is_hydrogen
+    t = arr.torch(device)
+    b = t["b_factors"][keep] if use_b_factors else None
+    with torch.no_grad():
+        m = simulate_density(
+            t["coords"][keep],
+            t["atomic_numbers"][keep],
+            grid,
+            resolution_A=resolution_A,
+            b_factors=b,
+            occupancies=t["occupancies"][keep],
+        )
+    return m.cpu().numpy()

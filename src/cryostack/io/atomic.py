@@ -11,6 +11,13 @@ from pathlib import Path
 from cryostack.errors import InputError
 
 
+def _new_file_mode() -> int:
+    """Permission bits a newly created file gets under the current umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -29,6 +36,8 @@ def atomic_output(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> 
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file 0600; give the output the mode a plain open() would.
+        os.chmod(tmp_path, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def _payload_size(path: Path, gz: bool) -> int:
         with gzip.open(path, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 total += len(chunk)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(path, f"corrupt gzip stream ({exc})") from None
     return total
 

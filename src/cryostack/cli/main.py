@@ -1,0 +1,67 @@
+"""``cryostack``: the command-line entry point. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from cryostack.errors import InputError
+
+app = typer.Typer(
+    name="cryostack",
+    help="From cryo-EM particle images to a refined atomic model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Groups for the tools that build on the core; their commands arrive with each tool.
+GROUPS = {
+    "data": "Training corpora and simulated (map, model) datasets.",
+    "particles": "Particle ranking, subset selection and reconstruction.",
+    "enhance": "Map enhancement for 4–8 Å maps.",
+    "build": "Atomic model building from a map and a sequence.",
+    "refine": "Model refinement against a map.",
+}
+for _name, _help in GROUPS.items():
+    app.add_typer(typer.Typer(help=_help, no_args_is_help=True), name=_name)
+
+
+def _register() -> None:
+    from cryostack.cli import demo, info, simulate_map
+
+    app.command("info")(info.info)
+    app.command("simulate-map")(simulate_map.simulate_map)
+    app.command("demo")(demo.demo)
+
+
+_register()
+
+err_console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; input problems print one line and exit with status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -293,11 +293,11 @@ def worker(cfg: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 def _git() -> dict:
     def run(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout
 
     status = run("status", "--porcelain")
     lines = [ln for ln in status.splitlines() if ln]
-    return {"commit": run("rev-parse", "HEAD") or None,
+    return {"commit": run("rev-parse", "HEAD").strip() or None,
             "dirty": bool(lines),
             "dirty_tracked": any(not ln.startswith("??") for ln in lines),
             "changed_paths": [ln[3:] for ln in lines][:50]}
@@ -468,7 +468,7 @@ def main(argv=None) -> int:
                     _fmt(r["ours_forward_s"], ".4f"), _fmt(r["ours_forward_atoms_per_s"], ",.0f"),
                     _fmt(r["ours_fwd_bwd_s"], ".4f"), _fmt(r["ours_fwd_bwd_atoms_per_s"], ",.0f"),
                     _fmt(r.get("ratio_forward_vs_gemmi"), ".2f") + ("×" if "ratio_forward_vs_gemmi" in r else ""),
-                    _fmt(r.get("correlation_vs_gemmi"), ".5f"),
+                    _fmt(r.get("correlation_vs_gemmi"), ".7f"),
                     "/".join(_fmt(m, ".0f") for m in mem))
     console.print(tab)
     console.print(f"total runtime {total:.1f} s; wrote {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")

@@ -9,8 +9,21 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 stamp=.venv/.cryostack-setup
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ] && [ -x .venv/bin/cryostack ]; then
+apt_ok=1
+for pkg in openstructure; do dpkg -s "$pkg" >/dev/null 2>&1 || apt_ok=0; done
+if [ "$apt_ok" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ] && [ -x .venv/bin/cryostack ]; then
     exit 0
+fi
+
+# Debian packages: OpenStructure (lDDT reference for the validation tests).
+APT_PACKAGES="openstructure"
+missing=""
+for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
+if [ -n "$missing" ]; then
+    echo "cryostack set-up: installing Debian packages:$missing"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 echo "cryostack set-up: creating .venv and installing dependencies"

@@ -167,6 +167,27 @@ def _payload_size(path: Path, gz: bool) -> int:
     return total
 
 
+def _read_header(path: Path, gz: bool) -> np.recarray:
+    """The 1024-byte header, with mrcfile's dtype and byte-order rules.
+
+    Read here rather than with ``mrcfile.open(header_only=True)``, which also reads the extended
+    header: a garbage NSYMBT would make it allocate up to 2 GiB before the size check below.
+    """
+    with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
+        raw = fh.read(_HEADER_BYTES)
+    header = np.frombuffer(bytearray(raw), dtype=mrcfile.dtypes.HEADER_DTYPE).reshape(()).view(np.recarray)
+    try:
+        order = mrcfile.utils.byte_order_from_machine_stamp(header.machst)
+    except ValueError:
+        order = "<"  # mrcfile's permissive default
+    header.dtype = header.dtype.newbyteorder(order)
+    if int(header.mode) not in MRC_MODES:  # as mrcfile: a wrong machine stamp, if the other order fits
+        swapped = header.mode.view(header.mode.dtype.newbyteorder())
+        if int(swapped) in MRC_MODES:
+            header.dtype = header.dtype.newbyteorder()
+    return header
+
+
 def read_map(path: str | Path) -> DensityMap:
     """Read an MRC/CCP4 map (``.mrc``, ``.map``, ``.ccp4``, optionally gzipped) into Å space.
 
@@ -183,15 +204,10 @@ def read_map(path: str | Path) -> DensityMap:
     if size < _HEADER_BYTES:
         raise InputError(path, f"truncated MRC file: {size} bytes, shorter than the 1024-byte header")
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                header = mrc.header.copy()
-        except Exception as exc:  # mrcfile raises several types for garbage headers
-            raise InputError(path, f"not a readable MRC/CCP4 file ({exc})") from None
-    if header is None:
-        raise InputError(path, "not a readable MRC/CCP4 file (no valid header)")
+    try:
+        header = _read_header(path, gz)
+    except Exception as exc:
+        raise InputError(path, f"not a readable MRC/CCP4 file ({exc})") from None
 
     nc, nr, ns = int(header.nx), int(header.ny), int(header.nz)
     mode = int(header.mode)

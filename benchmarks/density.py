@@ -203,21 +203,42 @@ class _Mem:
         return out
 
 
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(machine busy, machine total, this process busy) CPU ticks, for measuring contention."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:9]]
+        with open("/proc/self/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        total = sum(v)
+        return total - v[3] - v[4], total, int(f[11]) + int(f[12])  # minus idle, iowait; utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0, 0, 0
+
+
 def _time(fn, *, repeats: int, budget_s: float, sync) -> dict:
-    """Warm up once, then repeat (fewer times when one call is slow); median seconds."""
+    """Warm up once, then repeat (fewer times when one call is slow); median seconds.
+
+    Also reports ``other_cpu_load``: the fraction of the machine's CPU time used by other
+    processes while the repeats ran (0 on a quiet machine); high values mean the timing is
+    contaminated by other work.
+    """
     t0 = time.perf_counter()
     fn()
     sync()
     warm = time.perf_counter() - t0
     n = max(1, min(repeats, int(budget_s // max(warm, 1e-9))))
     times = []
+    busy0, total0, self0 = _cpu_ticks()
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
-            "repeats": n, "warmup_s": warm}
+    busy1, total1, self1 = _cpu_ticks()
+    other = ((busy1 - busy0) - (self1 - self0)) / (total1 - total0) if total1 > total0 else None
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times,
+            "repeats": n, "warmup_s": warm, "other_cpu_load": None if other is None else max(0.0, other)}
 
 
 def worker(cfg: dict) -> dict:
@@ -319,7 +340,8 @@ def _machine(device: str) -> dict:
          "cpu_count": os.cpu_count(),
          "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-         "gemmi": gemmi.__version__, "cuda_available": torch.cuda.is_available(), "gpu": None}
+         "gemmi": gemmi.__version__, "cuda_available": torch.cuda.is_available(), "gpu": None,
+         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}}
     if device == "cuda":
         m["gpu"] = torch.cuda.get_device_name(0)
         m["cuda"] = torch.version.cuda
@@ -434,8 +456,11 @@ def main(argv=None) -> int:
                     row[k] = r[k]
             if ph == "fwd_bwd":
                 row["grad_finite"] = r["grad_finite"]
+            load = t.get("other_cpu_load")
+            warn = f" [yellow]other processes used {load:.0%} of the CPU[/yellow]" if load and load > 0.1 else ""
             console.log(f"N={r['n_atoms']:,} {ph:8s} median {t['median_s']:.4f} s "
-                        f"({t['repeats']} repeats, warm-up {t['warmup_s']:.3f} s; worker {wall:.1f} s)")
+                        f"({t['repeats']} repeats, min {t['min_s']:.4f}, max {t['max_s']:.4f}, warm-up "
+                        f"{t['warmup_s']:.3f} s; worker {wall:.1f} s){warn}")
         if "gemmi_forward_s" in row:
             row["ratio_forward_vs_gemmi"] = row["gemmi_forward_s"] / row["ours_forward_s"]
             row["ratio_fwd_bwd_vs_gemmi_forward"] = row["gemmi_forward_s"] / row["ours_fwd_bwd_s"]
@@ -446,6 +471,9 @@ def main(argv=None) -> int:
               "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "git": _git(), "parameters": params, "total_runtime_s": total,
               "notes": {"ratio_forward_vs_gemmi": "gemmi_forward_s / ours_forward_s (>1: ours faster)",
+                        "other_cpu_load": ("per measurement: fraction of the machine's CPU time used by "
+                                           "other processes during the timed repeats; > 0.1 means the "
+                                           "timing is contaminated by concurrent work"),
                         "memory": ("per phase: extra resident memory (MiB) over the process after set-up. "
                                    "gemmi's grid is allocated at set-up (set_size), so gemmi's figure excludes "
                                    "it; ours allocates its output (and padded work grid) per call, so ours "
@@ -457,7 +485,7 @@ def main(argv=None) -> int:
     tab = Table(title=f"Density simulation, {device} (torch {threads} threads, gemmi 1 thread), "
                       f"{args.voxel_size} Å voxels, {args.resolution} Å")
     for col in ("atoms", "grid (z,y,x)", "gemmi s", "gemmi atoms/s", "ours fwd s", "ours fwd atoms/s",
-                "ours fwd+bwd s", "fwd+bwd atoms/s", "fwd vs gemmi", "corr", "peak MiB g/f/fb"):
+                "ours fwd+bwd s", "fwd+bwd atoms/s", "fwd vs gemmi", "corr", "peak MiB g/f/fb", "other load"):
         tab.add_column(col, justify="right")
     for r in rows:
         mem = [r.get(f"{k}_memory", {}).get("gpu_extra_MiB" if (device == "cuda" and k != "gemmi_forward")
@@ -469,7 +497,9 @@ def main(argv=None) -> int:
                     _fmt(r["ours_fwd_bwd_s"], ".4f"), _fmt(r["ours_fwd_bwd_atoms_per_s"], ",.0f"),
                     _fmt(r.get("ratio_forward_vs_gemmi"), ".2f") + ("×" if "ratio_forward_vs_gemmi" in r else ""),
                     _fmt(r.get("correlation_vs_gemmi"), ".7f"),
-                    "/".join(_fmt(m, ".0f") for m in mem))
+                    "/".join(_fmt(m, ".0f") for m in mem),
+                    _fmt(max((r[f"{k}_timing"].get("other_cpu_load") or 0.0) for k in
+                             ("gemmi_forward", "ours_forward", "ours_fwd_bwd") if f"{k}_timing" in r), ".0%"))
     console.print(tab)
     console.print(f"total runtime {total:.1f} s; wrote {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")
     return 0

@@ -595,6 +595,7 @@ def test_unsupported_complex_mode(tmp_path):
     assert "mode 4" in assert_one_line_input_error(ei, path)
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
 def test_non_finite_values_rejected(tmp_path):
     raw = np.zeros((2, 3, 4), np.float32)
     raw[1, 1, 1] = np.nan

@@ -1,0 +1,1 @@
+"""Validation: map–model fit, geometry and model-vs-reference scores."""

@@ -30,10 +30,11 @@ for _name, _help in GROUPS.items():
 
 
 def _register() -> None:
-    from cryostack.cli import demo, info, simulate_map
+    from cryostack.cli import demo, info, simulate_map, validate
 
     app.command("info")(info.info)
     app.command("simulate-map")(simulate_map.simulate_map)
+    app.command("validate")(validate.validate)
     app.command("demo")(demo.demo)
 
 

@@ -1,1 +1,8 @@
-"""Validation: map–model fit, geometry and model-vs-reference scores."""
+"""Validation: map–model fit, MolProbity-grade geometry and model-vs-reference scores.
+
+``validate()`` runs everything that its inputs allow and returns one :class:`ValidationResult`.
+"""
+
+from cryostack.validate.api import ValidationResult, validate
+
+__all__ = ["ValidationResult", "validate"]

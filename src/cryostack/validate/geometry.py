@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,7 +68,7 @@ class GeometryResult:
     clashscore: float | None = None
     clashes: list[dict] = field(default_factory=list)
     clashscore_method: str = "heavy-atom"
-    residues_without_dictionary: list[str] = field(default_factory=list)
+    residues_without_dictionary: list[str] = field(default_factory=list)  # names, or chain/res/atom
 
     def to_dict(self) -> dict:
         return {
@@ -100,11 +101,25 @@ def _topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[s
                 if chain[i].name in missing:
                     del chain[i]
         st.remove_empty_chains()
-    topo = gemmi.prepare_topology(
-        st, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange, reorder=False,
-        warnings=None, ignore_unknown_links=True,
-    )
-    return st, topo, missing
+    # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out.
+    for _ in range(1000):
+        try:
+            topo = gemmi.prepare_topology(
+                st, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange, reorder=False,
+                warnings=None, ignore_unknown_links=True,
+            )
+            return st, topo, missing
+        except RuntimeError as exc:
+            m = re.match(r"definition not found for (\S+)/(\S+) +(-?\d+)(\S?)/(\S+)", str(exc))
+            if not m:
+                raise
+            chain, resname, num, icode, atom_name = m.groups()
+            missing.append(f"{chain}/{resname}{num}{icode}/{atom_name}")
+            res = st[0][chain][f"{num}{icode}"][0]
+            idx = [i for i, a in enumerate(res) if a.name == atom_name]
+            for i in reversed(idx):
+                del res[i]
+    raise RuntimeError("too many atoms without a dictionary definition")
 
 
 def _atom_ref(atom: gemmi.Atom, res: gemmi.Residue, chain: str) -> str:
@@ -174,7 +189,7 @@ def _peptide_omega(st: gemmi.Structure) -> tuple[list[dict], list[dict]]:
     """Cis (|ω| < 30°) and twisted (30° ≤ |ω| < 150°) peptides, as MolProbity's omegalyze."""
     cis, twisted = [], []
     for chain in st[0]:
-        polymer = chain.get_polymer()
+        polymer = list(chain.get_polymer())
         for prev, res in zip(polymer, polymer[1:]):
             ca1, c1, n2, ca2 = prev.find_atom("CA", "*"), prev.find_atom("C", "*"), res.find_atom("N", "*"), res.find_atom("CA", "*")
             if not all((ca1, c1, n2, ca2)) or c1.pos.dist(n2.pos) > 2.0:  # chain break

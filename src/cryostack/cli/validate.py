@@ -1,0 +1,41 @@
+"""``cryostack validate``: map–model fit, geometry and model-vs-reference scores in one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cryostack.errors import InputError
+
+
+def validate(
+    model: Path = typer.Option(..., "--model", help="Model to validate (.pdb or .cif)."),
+    map_path: Path | None = typer.Option(None, "--map", help="Map to fit against."),
+    resolution: float | None = typer.Option(None, "--resolution", help="Map resolution in Å (needed with --map)."),
+    half_maps: tuple[Path, Path] | None = typer.Option(None, "--half-maps", help="Two half maps (FSC and its 0.143 resolution)."),
+    reference: Path | None = typer.Option(None, "--reference", help="Reference model (TM-score, lDDT, DockQ, ...)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write every number as JSON here."),
+    plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
+    no_q: bool = typer.Option(False, "--no-q-score", help="Skip the Q-score (faster)."),
+) -> None:
+    """Validate a model: the cryo-EM 'Table 1' in one command."""
+    from rich.console import Console
+
+    from cryostack.validate.api import validate as run_validate
+    from cryostack.validate.report import text_table, write_plots
+
+    if half_maps is not None and map_path is None:
+        raise InputError(None, "--half-maps needs --map as well")
+    console = Console(stderr=True)
+    with console.status("validating"):
+        result = run_validate(model, density=map_path, resolution_A=resolution, half_maps=half_maps,
+                              reference=reference, compute_q=not no_q)
+    typer.echo(text_table(result), nl=False)
+    inputs = [p for p in (model, map_path, reference, *(half_maps or ())) if p is not None]
+    if json_out is not None:
+        if any(json_out.resolve() == p.resolve() for p in inputs):
+            raise InputError(json_out, "output would overwrite an input file")
+        result.write_json(json_out)
+    if plots is not None:
+        write_plots(result, plots)

@@ -1,0 +1,136 @@
+"""``validate()``: every validation number for a model, in one result object."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryostack.errors import InputError
+from cryostack.io.atomic import atomic_output
+from cryostack.io.maps import DensityMap, read_map
+from cryostack.io.models import PROTEIN, Structure, read_structure
+
+#: A map–model comparison is refused when more than this fraction of atoms lies outside the box.
+MAX_OUTSIDE_FRACTION = 0.5
+
+
+@dataclass
+class ValidationResult:
+    """Sections are ``None`` when their inputs were not given (no map, no reference)."""
+
+    model: str
+    map_model: object | None = None  # mapfit.MapModelFit
+    geometry: object | None = None  # geometry.GeometryResult
+    ramachandran: object | None = None
+    rotamer: object | None = None
+    cbeta: object | None = None
+    reference: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        geom = self.geometry.to_dict() if self.geometry is not None else {}
+        if self.ramachandran is not None:
+            geom["ramachandran"] = self.ramachandran.to_dict()
+        if self.rotamer is not None:
+            geom["rotamer"] = self.rotamer.to_dict()
+        if self.cbeta is not None:
+            cb = self.cbeta.to_dict()
+            geom["cbeta_deviations"] = len(cb.get("outliers", []))
+            geom["cbeta"] = cb
+        return {
+            "model": self.model,
+            "map_model": self.map_model.to_dict() if self.map_model is not None else None,
+            "geometry": geom,
+            "reference": self.reference.to_dict() if self.reference is not None else None,
+            "notes": self.notes,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=2))
+        return Path(path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        return _jsonable(x.item())
+    return x
+
+
+def validate(
+    model: Structure | str | Path,
+    *,
+    density: DensityMap | str | Path | None = None,
+    resolution_A: float | None = None,
+    half_maps: tuple[DensityMap | str | Path, DensityMap | str | Path] | None = None,
+    reference: Structure | str | Path | None = None,
+    compute_q: bool = True,
+) -> ValidationResult:
+    """Validate a model: geometry always; map fit with a map; scores against a reference."""
+    structure = model if isinstance(model, Structure) else read_structure(model)
+    name = structure.source or "model"
+    result = ValidationResult(model=name)
+
+    if density is not None:
+        dmap = density if isinstance(density, DensityMap) else read_map(density)
+        where = dmap.source or "map"
+        if resolution_A is None:
+            raise InputError(where, "a map needs --resolution (Å) for the map–model scores")
+        if not (0.5 <= resolution_A <= 50.0):
+            raise InputError(where, f"resolution {resolution_A} Å is outside the sensible range 0.5–50 Å")
+        halves = None
+        if half_maps is not None:
+            halves = tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps)
+            for h in halves:
+                if h.shape != dmap.shape or any(abs(a - b) > 1e-3 for a, b in zip(h.voxel_size, dmap.voxel_size)):
+                    raise InputError(h.source, f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
+                                     f"differs from the map's {dmap.shape[::-1]} at {dmap.voxel_size[0]:.3f} Å")
+        from cryostack.validate.mapfit import map_model_fit
+
+        atoms = structure.atoms()
+        idx = dmap.angstrom_to_voxel(atoms.coords)
+        import numpy as np
+
+        outside = float(np.any((idx < 0) | (idx > np.array(dmap.shape) - 1), axis=1).mean())
+        if outside > MAX_OUTSIDE_FRACTION:
+            raise InputError(name, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
+                             f"({where}); is this the right map, and are origin and axis order right?")
+        result.map_model = map_model_fit(structure, dmap, resolution_A, half_maps=halves, compute_q=compute_q)
+        if outside > 0:
+            result.notes.append(f"{100 * outside:.1f}% of atoms lie outside the map box")
+
+    from cryostack.validate.geometry import geometry
+
+    result.geometry = geometry(structure)
+    if result.geometry.residues_without_dictionary:
+        result.notes.append("no monomer-library entry for: " + ", ".join(result.geometry.residues_without_dictionary)
+                            + " (left out of geometry scores)")
+    if result.geometry.clashscore_method.startswith("heavy-atom"):
+        result.notes.append("clashscore is heavy-atom based (no hydrogens in the model): lower than MolProbity's all-atom value")
+
+    has_protein = bool((structure.atoms().residue_class == PROTEIN).any())
+    if has_protein:
+        from cryostack.validate.cbeta import cbeta_deviations
+        from cryostack.validate.ramachandran import ramachandran
+        from cryostack.validate.rotamers import rotamers
+
+        result.ramachandran = ramachandran(structure)
+        result.rotamer = rotamers(structure)
+        result.cbeta = cbeta_deviations(structure)
+    else:
+        result.notes.append("no protein residues: Ramachandran, rotamer and Cβ scores skipped")
+
+    if reference is not None:
+        from cryostack.validate.reference import compare_to_reference
+
+        ref = reference if isinstance(reference, Structure) else read_structure(reference)
+        result.reference = compare_to_reference(structure, ref)
+    return result

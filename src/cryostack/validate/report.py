@@ -1,0 +1,119 @@
+"""The validation table (text) and plots (PNG) from a :class:`ValidationResult`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryostack.io.atomic import atomic_output
+
+
+def _f(v, fmt: str = "{:.3f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def text_table(result) -> str:
+    """A paper-style validation table."""
+    d = result.to_dict()
+    rows: list[tuple[str, str]] = [("Model", str(d["model"]))]
+    mm = d["map_model"]
+    if mm:
+        rows += [
+            ("Map–model fit", ""),
+            ("  Resolution used (Å)", _f(mm["resolution"], "{:.2f}")),
+            ("  CC_mask / CC_box", f"{_f(mm['cc_mask'])} / {_f(mm['cc_box'])}"),
+            ("  CC_volume / CC_peaks", f"{_f(mm['cc_volume'])} / {_f(mm['cc_peaks'])}"),
+            ("  CC main chain / side chain", f"{_f(mm['cc_mc'])} / {_f(mm['cc_sc'])}"),
+            ("  Map–model FSC = 0.5 (Å)", _f(mm["fsc05_resolution"], "{:.2f}")),
+            ("  Q-score (mean)", _f(mm["q_score"])),
+        ]
+        if "half_map_fsc0143_resolution" in mm:
+            rows.append(("  Half-map FSC = 0.143 (Å)", _f(mm["half_map_fsc0143_resolution"], "{:.2f}")))
+    g = d["geometry"]
+    rows += [
+        ("Geometry", ""),
+        ("  Bond RMSD (Å) / outliers > 4σ", f"{_f(g.get('bond_rmsd'))} / {len(g.get('bond_outliers', []))}"),
+        ("  Angle RMSD (°) / outliers > 4σ", f"{_f(g.get('angle_rmsd'), '{:.2f}')} / {len(g.get('angle_outliers', []))}"),
+        ("  Chirality errors", str(len(g.get("chirality_errors", [])))),
+        ("  Cis / twisted peptides", f"{len(g.get('cis_peptides', []))} / {len(g.get('twisted_peptides', []))}"),
+        (f"  Clashscore ({g.get('clashscore_method', '')})", _f(g.get("clashscore"), "{:.2f}")),
+    ]
+    if "ramachandran" in g:
+        r = g["ramachandran"]
+        rows.append(("  Ramachandran favoured / allowed / outliers (%)",
+                     f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}"))
+    if "rotamer" in g:
+        r = g["rotamer"]
+        rows.append(("  Rotamer favoured / allowed / outliers (%)",
+                     f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}"))
+    if "cbeta_deviations" in g:
+        rows.append(("  Cβ deviations > 0.25 Å", str(g["cbeta_deviations"])))
+    ref = d["reference"]
+    if ref:
+        rows += [
+            ("Versus reference", ""),
+            ("  TM-score (reference length)", _f(ref.get("tm_score"))),
+            ("  RMSD (Å) after superposition", _f(ref.get("rmsd"), "{:.2f}")),
+            ("  lDDT / Cα lDDT", f"{_f(ref.get('lddt'))} / {_f(ref.get('ca_lddt'))}"),
+            ("  Mean Cα displacement (Å)", _f(ref.get("ca_displacement"), "{:.2f}")),
+            ("  Coverage within 3 Å / sequence match", f"{_f(ref.get('coverage_3a'))} / {_f(ref.get('sequence_match'))}"),
+            ("  DockQ", _f(ref.get("dockq"))),
+        ]
+    width = max(len(k) for k, _ in rows) + 2
+    lines = [f"{k:<{width}}{v}" for k, v in rows]
+    for note in d["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(result, folder: str | Path) -> list[Path]:
+    """FSC curves, Ramachandran plot, per-residue CC and Q-score along each chain (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    mm = result.map_model
+    if mm is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(mm.fsc_freq, mm.fsc, label="map vs model")
+        ax.axhline(0.5, ls="--", c="grey", lw=0.8)
+        if mm.half_map_fsc is not None:
+            ax.plot(mm.half_map_fsc_freq, mm.half_map_fsc, label="half map 1 vs 2")
+            ax.axhline(0.143, ls=":", c="grey", lw=0.8)
+        ax.set_xlabel("spatial frequency (1/Å)")
+        ax.set_ylabel("FSC")
+        ax.set_ylim(-0.1, 1.05)
+        ax.legend()
+        written.append(_save(fig, folder / "fsc.png"))
+        chains = sorted({r["chain"] for r in mm.per_residue})
+        fig, axes = plt.subplots(len(chains), 1, figsize=(9, 2.4 * len(chains)), squeeze=False)
+        for ax, ch in zip(axes[:, 0], chains):
+            rs = [r for r in mm.per_residue if r["chain"] == ch]
+            x = [r["number"] for r in rs]
+            ax.plot(x, [r["cc"] if r["cc"] is not None else float("nan") for r in rs], lw=0.8, label="CC")
+            ax.plot(x, [r["q_score"] if r["q_score"] is not None else float("nan") for r in rs], lw=0.8, label="Q-score")
+            ax.set_title(f"chain {ch}", fontsize=9)
+            ax.set_ylim(-0.2, 1.0)
+            ax.legend(fontsize=7, loc="lower right")
+        axes[-1, 0].set_xlabel("residue number")
+        written.append(_save(fig, folder / "per_residue.png"))
+    if result.ramachandran is not None:
+        from cryostack.validate.ramachandran import plot_ramachandran
+
+        path = folder / "ramachandran.png"
+        plot_ramachandran(result.ramachandran, path)
+        written.append(path)
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

@@ -65,29 +65,56 @@ def model_map(structure_atoms: AtomArrays, density: DensityMap, resolution_A: fl
     return np.fft.irfftn(f, s=density.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
-def _grid_points(density: DensityMap) -> np.ndarray:
-    return density.voxel_to_angstrom(np.indices(density.shape).reshape(3, -1).T)
-
-
 def molecular_mask(atoms: AtomArrays, density: DensityMap) -> np.ndarray:
     """Bulk-solvent-style molecular mask (boolean ``[z, y, x]``).
 
     A point is solvent if it lies farther than (van der Waals radius + 1.1 Å) from every atom;
-    the molecule is what stays more than 0.9 Å from all solvent points.
+    the molecule is what stays more than 0.9 Å from all solvent points. Only the box around
+    the atoms is computed; everything beyond it is solvent.
     """
     heavy = ~atoms.is_hydrogen
     coords = atoms.coords[heavy].astype(np.float64)
     radii = np.array([gemmi.Element(e).vdw_r for e in np.asarray(atoms.elements, dtype=object)[heavy]])
     reach = radii.max() + SOLVENT_RADIUS_A
-    pts = _grid_points(density)
-    tree = cKDTree(coords)
-    dist, idx = tree.query(pts, k=8, distance_upper_bound=reach, workers=-1)
-    valid = np.isfinite(dist)
-    surface = np.where(valid, dist - radii[np.minimum(idx, len(radii) - 1)], np.inf)
-    solvent = (surface.min(axis=1) > SOLVENT_RADIUS_A).reshape(density.shape)
-    # Distance (Å) from each non-solvent point to the nearest solvent point.
+    lo, hi = _subbox(density, coords, reach + 2 * max(density.voxel_size))
+    sub_shape = tuple(hi - lo)
+    pts = density.voxel_to_angstrom((np.indices(sub_shape).reshape(3, -1) + lo[:, None]).T)
+    dist, idx = cKDTree(coords).query(pts, k=8, distance_upper_bound=reach, workers=-1)
+    surface = np.where(np.isfinite(dist), dist - radii[np.minimum(idx, len(radii) - 1)], np.inf)
+    solvent = (surface.min(axis=1) > SOLVENT_RADIUS_A).reshape(sub_shape)
     to_solvent = distance_transform_edt(~solvent, sampling=density.voxel_size[::-1])
-    return (~solvent) & (to_solvent > SHRINK_RADIUS_A)
+    out = np.zeros(density.shape, dtype=bool)
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = (~solvent) & (to_solvent > SHRINK_RADIUS_A)
+    return out
+
+
+def _subbox(density: DensityMap, coords: np.ndarray, margin_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """``[z, y, x]`` index bounds (lo inclusive, hi exclusive) of the atoms' box plus a margin, clipped."""
+    lo = np.floor(density.angstrom_to_voxel(coords.min(axis=0) - margin_A)).astype(int)
+    hi = np.ceil(density.angstrom_to_voxel(coords.max(axis=0) + margin_A)).astype(int) + 1
+    return np.clip(lo, 0, density.shape), np.clip(hi, 0, density.shape)
+
+
+def sphere_mask(coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 2048) -> np.ndarray:
+    """Boolean ``[z, y, x]`` mask of grid points within ``radius_A`` of any of ``coords`` ``(N, 3)``."""
+    out = np.zeros(density.shape, dtype=bool)
+    if len(coords) == 0:
+        return out
+    vox = np.asarray(density.voxel_size)
+    h = np.ceil(radius_A / vox).astype(int) + 1  # x, y, z
+    off = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in h[::-1]], indexing="ij"), -1).reshape(-1, 3)  # z, y, x
+    shape = np.array(density.shape)
+    off_A = (off[:, ::-1] * vox).astype(np.float32)  # (K, 3) x, y, z
+    for s0 in range(0, len(coords), chunk):
+        c = coords[s0 : s0 + chunk].astype(np.float64)
+        base = np.rint(density.angstrom_to_voxel(c)).astype(int)  # (m, 3) z, y, x
+        delta = (c - density.voxel_to_angstrom(base)).astype(np.float32)  # atom relative to its voxel
+        d2 = ((off_A[None] - delta[:, None, :]) ** 2).sum(-1)  # (m, K)
+        idx = base[:, None, :] + off[None]  # (m, K, 3)
+        near = (d2 <= radius_A**2) & np.all((idx >= 0) & (idx < shape), axis=-1)
+        z, y, x = idx[near].T
+        out[z, y, x] = True
+    return out
 
 
 def atom_radius_for_cc(resolution_A: float, mean_b_A2: float) -> float:
@@ -114,16 +141,6 @@ def image_radius(resolution_A: float, b_iso_A2: float, element: str = "C") -> fl
         if rho[i] > rho[i - 1] or rho[i] < 0 or peak / rho[i] > 100.0:
             return float(r[i - 1])
     return float(r[-1])
-
-
-def _near_atoms(tree_pts: cKDTree, coords: np.ndarray, radius: float) -> np.ndarray:
-    """Flat indices of grid points within ``radius`` Å of any of ``coords``."""
-    if len(coords) == 0:
-        return np.zeros(0, dtype=np.int64)
-    hits = tree_pts.query_ball_point(coords, r=radius, workers=-1)
-    if len(hits) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]))
 
 
 def _cc(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -194,7 +211,7 @@ def q_scores(
     radius_step_A: float = 0.1,
     radius_max_A: float = 2.0,
     points_per_shell: int = 8,
-    candidates_per_shell: int = 24,
+    candidates_per_shell: int = 16,
     seed: int = 0,
 ) -> np.ndarray:
     """Q-score of every heavy atom (NaN for hydrogens); Pintilie et al. 2020.
@@ -205,7 +222,7 @@ def q_scores(
     ``A = mean + 10 sd`` and ``B = mean − sd`` of the map.
     """
     heavy_idx = np.nonzero(~atoms.is_hydrogen)[0]
-    xyz = atoms.coords[heavy_idx].astype(np.float64)
+    xyz = atoms.coords[heavy_idx].astype(np.float32)
     n = len(xyz)
     out = np.full(atoms.n_atoms, np.nan)
     if n == 0:
@@ -233,7 +250,7 @@ def q_scores(
     chunk = 4096
     for r in radii:
         rot = _random_rotation(rng)
-        dirs = sphere @ rot.T * r  # (C, 3)
+        dirs = (sphere @ rot.T * r).astype(np.float32)  # (C, 3)
         u_r = np.zeros((n, points_per_shell))
         w_r = np.zeros((n, points_per_shell), dtype=bool)
         for s0 in range(0, n, chunk):
@@ -355,7 +372,6 @@ def map_model_fit(
     cc_peaks = _cc(flat_obs[sel_p], flat_calc[sel_p])
 
     radius = atom_radius_for_cc(resolution_A, float(atoms.b_factors[heavy].mean()))
-    tree_pts = cKDTree(_grid_points(density))
     names = np.asarray(atoms.atom_names, dtype=object)
     rclass = atoms.residue_class[atoms.residue_index]
     is_protein = rclass == PROTEIN
@@ -364,8 +380,8 @@ def map_model_fit(
     side = heavy & (is_protein | is_nucleic) & ~main
 
     def local_cc(sel: np.ndarray) -> float | None:
-        idx = _near_atoms(tree_pts, atoms.coords[sel], radius)
-        return _cc(flat_obs[idx], flat_calc[idx]) if idx.size else None
+        m = sphere_mask(atoms.coords[sel], radius, density).ravel()
+        return _cc(flat_obs[m], flat_calc[m]) if m.any() else None
 
     cc_mc = local_cc(main) if main.any() else None
     cc_sc = local_cc(side) if side.any() else None
@@ -377,31 +393,10 @@ def map_model_fit(
         sel = heavy & (atoms.chain_index == ci)
         if sel.any():
             per_chain.append({"chain": cid, "cc": local_cc(sel), "q_score": _nanmean(q[sel]), "n_atoms": int(sel.sum())})
-    # Per residue: one ball query per residue's atoms (grouped for speed).
-    per_residue = []
-    hits = tree_pts.query_ball_point(atoms.coords, r=radius, workers=-1)
-    order = np.argsort(atoms.residue_index, kind="stable")
-    bounds = np.searchsorted(atoms.residue_index[order], np.arange(len(atoms.residue_names) + 1))
-    for ri in range(len(atoms.residue_names)):
-        ids = [i for i in order[bounds[ri] : bounds[ri + 1]] if heavy[i]]
-        if not ids:
-            continue
-        pts = np.unique(np.concatenate([np.asarray(hits[i], dtype=np.int64) for i in ids]))
-        per_residue.append(
-            {
-                "chain": atoms.chain_ids[atoms.residue_chain[ri]],
-                "number": int(atoms.residue_numbers[ri]),
-                "icode": atoms.insertion_codes[ri],
-                "name": atoms.residue_names[ri],
-                "cc": _cc(flat_obs[pts], flat_calc[pts]) if pts.size else None,
-                "q_score": _nanmean(q[ids]),
-            }
-        )
+    per_residue = _per_residue(atoms, heavy, density, mobs, mcalc, radius, q)
 
     # Map–model FSC within the atom-radius mask (phenix: both maps masked).
-    fmask = np.zeros(mobs.size, dtype=bool)
-    fmask[_near_atoms(tree_pts, atoms.coords[heavy], radius)] = True
-    fmask = fmask.reshape(mobs.shape)
+    fmask = sphere_mask(atoms.coords[heavy], radius, density)
     freq, fsc = fsc_curve(mobs * fmask, mcalc * fmask, density.voxel_size)
     # Beyond the model map's resolution the model has no signal; report the curve up to it.
     keep = freq <= 1.0 / resolution_A + 1e-9
@@ -433,6 +428,38 @@ def map_model_fit(
         result.half_map_fsc_freq, result.half_map_fsc = hf, hfsc
         result.half_map_fsc0143_resolution = fsc_resolution(hf, hfsc, 0.143)
     return result
+
+
+def _per_residue(atoms, heavy, density, mobs, mcalc, radius, q) -> list[dict]:
+    """CC within ``radius`` of each residue's atoms (on a small local box) and mean Q-score."""
+    out = []
+    order = np.argsort(atoms.residue_index, kind="stable")
+    bounds = np.searchsorted(atoms.residue_index[order], np.arange(len(atoms.residue_names) + 1))
+    for ri in range(len(atoms.residue_names)):
+        ids = order[bounds[ri] : bounds[ri + 1]]
+        ids = ids[heavy[ids]]
+        if ids.size == 0:
+            continue
+        c = atoms.coords[ids].astype(np.float64)
+        lo, hi = _subbox(density, c, radius + max(density.voxel_size))
+        cc = None
+        if np.all(hi > lo):
+            sub = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+            pts = density.voxel_to_angstrom(sub)
+            near = (np.linalg.norm(pts[:, None, :] - c[None], axis=-1) <= radius).any(axis=1)
+            z, y, x = sub[near].T
+            cc = _cc(mobs[z, y, x], mcalc[z, y, x])
+        out.append(
+            {
+                "chain": atoms.chain_ids[atoms.residue_chain[ri]],
+                "number": int(atoms.residue_numbers[ri]),
+                "icode": atoms.insertion_codes[ri],
+                "name": atoms.residue_names[ri],
+                "cc": cc,
+                "q_score": _nanmean(q[ids]),
+            }
+        )
+    return out
 
 
 def _nanmean(x: np.ndarray) -> float | None:

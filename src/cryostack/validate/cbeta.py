@@ -1,0 +1,217 @@
+"""Cβ deviation (MolProbity's cbetadev; Lovell et al. 2003, Proteins 50:437).
+
+For every non-glycine residue with N, CA, C and CB, an ideal Cβ is built from the backbone
+twice — once from the N–C–CA–CB dihedral and C–CA–CB angle, once from the C–N–CA–CB dihedral
+and N–CA–CB angle — the two positions are averaged and the average is put back at the ideal
+CA–CB distance. The deviation is the distance between the modelled and this ideal Cβ; a
+deviation of 0.25 Å or more is an outlier (it usually flags a misfit side chain or backbone).
+
+Ideal geometry (distance Å, angles and dihedrals in degrees) depends on the residue:
+
+==================  ======  =========  =========  =========  =========
+residues            CA–CB   C–CA–CB    N–C–CA–CB  N–CA–CB    C–N–CA–CB
+==================  ======  =========  =========  =========  =========
+Ala                 1.536   110.1      122.9      110.6      -122.6
+Pro                 1.530   112.2      115.1      103.0      -120.7
+Val, Thr, Ile       1.540   109.1      123.4      111.5      -122.0
+all others          1.530   110.1      122.8      110.5      -122.6
+==================  ======  =========  =========  =========  =========
+
+D-amino acids (by name, or for non-standard residues by the handedness of CA) use the
+mirrored dihedrals. Alternate conformations: a residue is evaluated in its first conformer
+and again in every conformer whose N, CA, C or CB differ (reported with that altloc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gemmi
+import numpy as np
+
+from cryostack.validate.residues import (
+    COMMON_AMINO_ACIDS,
+    D_AMINO_ACIDS,
+    altloc_of,
+    as_model,
+    conformer_atoms,
+    residue_altlocs,
+    residue_groups,
+)
+
+#: Deviations at or above this (Å) are outliers.
+OUTLIER_MIN_A = 0.25
+
+
+@dataclass(frozen=True)
+class IdealCbeta:
+    """Ideal Cβ geometry: CA–CB distance (Å), C–CA–CB and N–CA–CB angles, N–C–CA–CB and
+    C–N–CA–CB dihedrals (degrees, L-amino acid signs)."""
+
+    ca_cb_A: float
+    c_ca_cb_deg: float
+    n_c_ca_cb_deg: float
+    n_ca_cb_deg: float
+    c_n_ca_cb_deg: float
+
+    def mirrored(self) -> "IdealCbeta":
+        """The D-amino-acid geometry (dihedrals with the opposite sign)."""
+        return IdealCbeta(self.ca_cb_A, self.c_ca_cb_deg, -self.n_c_ca_cb_deg, self.n_ca_cb_deg, -self.c_n_ca_cb_deg)
+
+
+_ALA = IdealCbeta(1.536, 110.1, 122.9, 110.6, -122.6)
+_PRO = IdealCbeta(1.530, 112.2, 115.1, 103.0, -120.7)
+_BETA_BRANCHED = IdealCbeta(1.540, 109.1, 123.4, 111.5, -122.0)
+_OTHER = IdealCbeta(1.530, 110.1, 122.8, 110.5, -122.6)
+_IDEAL_BY_NAME: dict[str, IdealCbeta] = {
+    "ALA": _ALA, "DAL": _ALA,
+    "PRO": _PRO, "DPR": _PRO,
+    "VAL": _BETA_BRANCHED, "THR": _BETA_BRANCHED, "ILE": _BETA_BRANCHED,
+    "DVA": _BETA_BRANCHED, "DTH": _BETA_BRANCHED, "DIL": _BETA_BRANCHED,
+}  # fmt: skip
+_RELEVANT = frozenset({"N", "CA", "C", "CB"})
+
+
+def ideal_geometry(name: str, chiral_volume_A3: float | None = None) -> IdealCbeta:
+    """Ideal Cβ geometry of residue ``name``.
+
+    Common amino acids are L; D-amino-acid names are mirrored; any other residue is mirrored
+    when its chiral volume (N–CA)·((CB–CA)×(C–CA)) is positive (D-like; L gives about −2.5 Å³).
+    """
+    ideal = _IDEAL_BY_NAME.get(name, _OTHER)
+    if name in COMMON_AMINO_ACIDS or chiral_volume_A3 is None:
+        return ideal
+    if name in D_AMINO_ACIDS or chiral_volume_A3 > 0:
+        return ideal.mirrored()
+    return ideal
+
+
+def place_atom(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond_A: float, angle_deg: float, dihedral_deg: float) -> np.ndarray:
+    """Position of D with |CD| = ``bond_A``, angle B–C–D = ``angle_deg`` and dihedral
+    A–B–C–D = ``dihedral_deg`` (natural extension reference frame); NaNs when A, B, C are
+    collinear or coincide."""
+    bc = c - b
+    normal = np.cross(b - a, bc)
+    bc_len, normal_len = np.linalg.norm(bc), np.linalg.norm(normal)
+    if bc_len < 1e-6 or normal_len < 1e-6:
+        return np.full(3, np.nan)
+    bc /= bc_len
+    normal /= normal_len
+    theta, chi = np.radians(angle_deg), np.radians(dihedral_deg)
+    local = bond_A * np.array([-np.cos(theta), np.sin(theta) * np.cos(chi), np.sin(theta) * np.sin(chi)])
+    frame = np.column_stack([bc, np.cross(normal, bc), normal])
+    return c + frame @ local
+
+
+def ideal_cbeta(n: np.ndarray, ca: np.ndarray, c: np.ndarray, ideal: IdealCbeta) -> np.ndarray:
+    """Ideal Cβ position (Å) from backbone N, CA, C: mean of the two constructions, rescaled to
+    the ideal CA–CB distance."""
+    from_n_c = place_atom(n, c, ca, ideal.ca_cb_A, ideal.c_ca_cb_deg, ideal.n_c_ca_cb_deg)
+    from_c_n = place_atom(c, n, ca, ideal.ca_cb_A, ideal.n_ca_cb_deg, ideal.c_n_ca_cb_deg)
+    mean = (from_n_c + from_c_n) / 2.0
+    length = np.linalg.norm(mean - ca)
+    return ca + (mean - ca) * (ideal.ca_cb_A / length) if length > 0 else mean
+
+
+@dataclass(frozen=True)
+class CbetaDeviation:
+    """Cβ deviation of one residue (conformation); ``altloc`` is ``""`` unless N/CA/C/CB have
+    alternates."""
+
+    chain: str
+    number: int
+    icode: str
+    name: str
+    altloc: str
+    deviation_A: float
+
+    @property
+    def is_outlier(self) -> bool:
+        return self.deviation_A >= OUTLIER_MIN_A
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "number": self.number,
+            "icode": self.icode,
+            "name": self.name,
+            "altloc": self.altloc,
+            "deviation_A": round(self.deviation_A, 3),
+        }
+
+
+@dataclass
+class CbetaResult:
+    """Cβ deviations of a model: every evaluated residue conformation and the outliers."""
+
+    residues: list[CbetaDeviation] = field(default_factory=list)
+
+    @property
+    def n_residues(self) -> int:
+        return len(self.residues)
+
+    @property
+    def outliers(self) -> list[dict[str, Any]]:
+        """Outliers (deviation ≥ 0.25 Å) as dicts: chain, number, icode, name, altloc, deviation_A."""
+        return [r.as_dict() for r in self.residues if r.is_outlier]
+
+    @property
+    def max_deviation_A(self) -> float | None:
+        return max((r.deviation_A for r in self.residues), default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        max_dev = self.max_deviation_A
+        return {
+            "n_residues": self.n_residues,
+            "n_outliers": len(self.outliers),
+            "max_deviation_A": None if max_dev is None else round(max_dev, 3),
+            "outliers": self.outliers,
+        }
+
+
+def _xyz(atom: gemmi.Atom) -> np.ndarray:
+    return np.array([atom.pos.x, atom.pos.y, atom.pos.z])
+
+
+def cbeta_deviation_A(atoms: dict[str, gemmi.Atom], name: str) -> float:
+    """Cβ deviation (Å) of a residue given its N, CA, C and CB atoms (NaN for a degenerate
+    backbone: N, CA, C collinear)."""
+    n, ca, c, cb = (_xyz(atoms[k]) for k in ("N", "CA", "C", "CB"))
+    chiral_volume = float(np.dot(n - ca, np.cross(cb - ca, c - ca)))
+    ideal = ideal_cbeta(n, ca, c, ideal_geometry(name, chiral_volume))
+    return float(np.linalg.norm(cb - ideal))
+
+
+def cbeta_deviations(structure: Any) -> CbetaResult:
+    """Cβ deviations of the first model of ``structure`` (a cryostack ``Structure``,
+    ``gemmi.Structure`` or ``gemmi.Model``). Glycines, residues lacking N, CA, C or CB (nucleic
+    acids, most ligands) and degenerate backbones (N, CA, C collinear) are skipped."""
+    model = as_model(structure)
+    records: list[CbetaDeviation] = []
+    for chain in model:
+        for group in residue_groups(chain):
+            conformers = residue_altlocs(a for res in group for a in res) or [""]
+            for index, conformer in enumerate(conformers):
+                for res in group:
+                    if res.name == "GLY":
+                        continue
+                    atoms = conformer_atoms(res, conformer, _RELEVANT)
+                    is_alt = any(altloc_of(a) for a in atoms.values())
+                    if len(atoms) < 4 or not (index == 0 or is_alt):
+                        continue
+                    deviation = cbeta_deviation_A(atoms, res.name)
+                    if not np.isfinite(deviation):
+                        continue
+                    records.append(
+                        CbetaDeviation(
+                            chain=chain.name,
+                            number=res.seqid.num,
+                            icode=res.seqid.icode.strip(),
+                            name=res.name,
+                            altloc=conformer if is_alt else "",
+                            deviation_A=deviation,
+                        )
+                    )
+    return CbetaResult(records)

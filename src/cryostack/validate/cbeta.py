@@ -33,6 +33,7 @@ import numpy as np
 from cryostack.validate.residues import (
     COMMON_AMINO_ACIDS,
     D_AMINO_ACIDS,
+    ResidueRef,
     altloc_of,
     as_model,
     conformer_atoms,
@@ -76,8 +77,10 @@ _RELEVANT = frozenset({"N", "CA", "C", "CB"})
 def ideal_geometry(name: str, chiral_volume_A3: float | None = None) -> IdealCbeta:
     """Ideal Cβ geometry of residue ``name``.
 
-    Common amino acids are L; D-amino-acid names are mirrored; any other residue is mirrored
-    when its chiral volume (N–CA)·((CB–CA)×(C–CA)) is positive (D-like; L gives about −2.5 Å³).
+    Common amino acids are L; D-amino-acid names are mirrored whatever their hand (a misnamed
+    residue then shows up as an outlier); any other residue is mirrored when its chiral volume
+    (N–CA)·((CB–CA)×(C–CA)) is positive (D-like; L gives about −2.5 Å³). Without a chiral
+    volume the L geometry is returned.
     """
     ideal = _IDEAL_BY_NAME.get(name, _OTHER)
     if name in COMMON_AMINO_ACIDS or chiral_volume_A3 is None:
@@ -129,6 +132,10 @@ class CbetaDeviation:
     @property
     def is_outlier(self) -> bool:
         return self.deviation_A >= OUTLIER_MIN_A
+
+    @property
+    def ref(self) -> ResidueRef:
+        return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
 
     def as_dict(self) -> dict[str, Any]:
         return {

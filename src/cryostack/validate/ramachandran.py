@@ -45,6 +45,7 @@ import numpy as np
 
 from cryostack.validate.residues import (
     COMMON_AMINO_ACIDS,
+    ResidueRef,
     altloc_of,
     as_model,
     conformer_atoms,
@@ -147,7 +148,12 @@ class RamaResidue:
     classification: str
 
     @property
+    def ref(self) -> ResidueRef:
+        return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
+
+    @property
     def label(self) -> str:
+        """Plot label, e.g. ``A/57 GLU`` or ``A/57 B GLU`` for altloc B."""
         alt = f" {self.altloc}" if self.altloc else ""
         return f"{self.chain}/{self.number}{self.icode}{alt} {self.name}"
 

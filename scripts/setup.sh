@@ -10,13 +10,13 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 stamp=.venv/.cryostack-setup
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 apt_ok=1
-for pkg in openstructure; do dpkg -s "$pkg" >/dev/null 2>&1 || apt_ok=0; done
+for pkg in openstructure tm-align; do dpkg -s "$pkg" >/dev/null 2>&1 || apt_ok=0; done
 if [ "$apt_ok" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ] && [ -x .venv/bin/cryostack ]; then
     exit 0
 fi
 
-# Debian packages: OpenStructure (lDDT reference for the validation tests).
-APT_PACKAGES="openstructure"
+# Debian packages: OpenStructure and TM-align (lDDT and TM-score references for the validation tests).
+APT_PACKAGES="openstructure tm-align"
 missing=""
 for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
 if [ -n "$missing" ]; then

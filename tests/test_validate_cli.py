@@ -57,3 +57,15 @@ def test_unknown_residue_is_reported(tmp_path):
     r = run("--model", str(path))
     assert r.returncode == 0, r.stderr
     assert "ZZQ" in r.stdout and "no monomer-library entry" in r.stdout
+
+
+def test_validate_against_reference(tmp_path):
+    st = read_structure(SPIKE_NTD_MODEL)
+    noisy = st.with_coordinates(st.atoms().coords + np.random.default_rng(0).normal(0, 0.8, (st.n_atoms, 3)))
+    path = noisy.write(tmp_path / "noisy.cif")
+    out = tmp_path / "r.json"
+    r = run("--model", str(path), "--reference", str(SPIKE_NTD_MODEL), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(out.read_text())["reference"]
+    assert 0.8 < ref["tm_score"] < 1.0 and 0.5 < ref["lddt"] < 0.95 and ref["coverage_3a"] > 0.95
+    assert ref["dockq"] is None  # single chain

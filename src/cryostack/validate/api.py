@@ -133,4 +133,5 @@ def validate(
 
         ref = reference if isinstance(reference, Structure) else read_structure(reference)
         result.reference = compare_to_reference(structure, ref)
+        result.notes.extend(f"reference: {n}" for n in getattr(result.reference, "notes", []))
     return result

@@ -135,12 +135,7 @@ def reference(tmp_path_factory):
     """cctbx cbetadev results for every available structure (one subprocess)."""
     pytest.importorskip("mmtbx", reason="cctbx-base (mmtbx) is not installed")
     tmp = tmp_path_factory.mktemp("cbeta_ref")
-    paths = {name: helpers.real_structure(name) for name in helpers.REAL_STRUCTURES}
-    paths = {k: v for k, v in paths.items() if v is not None}
-    paths["promod3_backbones"] = BACKBONES
-    paths["mixed"] = MIXED
-    paths["distorted"] = helpers.make_distorted(BACKBONES, tmp / "distorted.pdb")
-    paths["altlocs"] = helpers.make_altlocs(BACKBONES, tmp / "altlocs.pdb")
+    paths = helpers.agreement_inputs(BACKBONES, MIXED, tmp)
     paths["mirrored"] = helpers.make_mirrored(BACKBONES, tmp / "mirrored.pdb")
     ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")
     return {name: (path, ref[str(path)]["cbeta"]) for name, path in paths.items()}

@@ -247,12 +247,7 @@ def reference(tmp_path_factory):
     """cctbx ramalyze results for every available structure (one subprocess)."""
     pytest.importorskip("mmtbx", reason="cctbx-base (mmtbx) is not installed")
     tmp = tmp_path_factory.mktemp("rama_ref")
-    paths = {name: helpers.real_structure(name) for name in helpers.REAL_STRUCTURES}
-    paths = {k: v for k, v in paths.items() if v is not None}
-    paths["promod3_backbones"] = BACKBONES
-    paths["mixed"] = MIXED
-    paths["distorted"] = helpers.make_distorted(BACKBONES, tmp / "distorted.pdb")
-    paths["altlocs"] = helpers.make_altlocs(BACKBONES, tmp / "altlocs.pdb")
+    paths = helpers.agreement_inputs(BACKBONES, MIXED, tmp)
     if "3MFP" in paths:
         paths["3MFP_noTER"] = helpers.strip_ter(paths["3MFP"], tmp / "3MFP_noTER.pdb")
     ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")

@@ -17,13 +17,13 @@ from rich.table import Table
 def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder.")) -> None:
     """Run the core workflow on a bundled example (EMD-21457 / PDB 6VYB spike NTD)."""
     import numpy as np
-    from scipy.spatial import cKDTree
 
     from cryostack.density.metrics import correlation
     from cryostack.density.simulate import simulate_model_map
     from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL, SPIKE_NTD_RESOLUTION_A
     from cryostack.io.maps import map_summary, read_map, write_map
     from cryostack.io.models import read_structure
+    from cryostack.validate.mapfit import sphere_mask
 
     console = Console()
     res = SPIKE_NTD_RESOLUTION_A
@@ -49,9 +49,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder
     # 2. Simulated model map on the experimental grid.
     with console.status("simulating the model map"):
         model_map = simulate_model_map(structure, density.grid, res)
-    centres = density.voxel_to_angstrom(np.indices(density.shape).reshape(3, -1).T).reshape(-1, 3)
-    dist, _ = cKDTree(atoms.coords).query(centres, distance_upper_bound=res)
-    near = np.isfinite(dist).reshape(density.shape)
+    near = sphere_mask(atoms.coords, res, density)
     cc_box = correlation(model_map, density.data)
     cc_near = correlation(model_map, density.data, near)
 

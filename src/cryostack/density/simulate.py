@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cryostack.density.scattering import electron_gaussians
@@ -223,8 +224,6 @@ def grid_around_atoms(coords_xyz, voxel_size_A: float, margin_A: float = 5.0) ->
     The origin is snapped to a multiple of the voxel size so that maps simulated for different
     models share a lattice.
     """
-    import numpy as np
-
     c = np.asarray(coords_xyz, dtype=np.float64).reshape(-1, 3)
     lo = np.floor((c.min(axis=0) - margin_A) / voxel_size_A) * voxel_size_A
     hi = c.max(axis=0) + margin_A

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output
 from cryostack.io.maps import DensityMap, read_map
@@ -97,8 +99,6 @@ def validate(
 
         atoms = structure.atoms()
         idx = dmap.angstrom_to_voxel(atoms.coords)
-        import numpy as np
-
         outside = float(np.any((idx < 0) | (idx > np.array(dmap.shape) - 1), axis=1).mean())
         if outside > MAX_OUTSIDE_FRACTION:
             raise InputError(name, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "

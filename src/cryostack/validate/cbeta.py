@@ -139,11 +139,7 @@ class CbetaDeviation:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "chain": self.chain,
-            "number": self.number,
-            "icode": self.icode,
-            "name": self.name,
-            "altloc": self.altloc,
+            **self.ref.as_dict(),
             "deviation_A": round(self.deviation_A, 3),
         }
 

@@ -30,6 +30,7 @@ from scipy.ndimage import distance_transform_edt
 from scipy.spatial import cKDTree
 
 from cryostack.density.fourier import frequency_squared
+from cryostack.density.metrics import correlation
 from cryostack.density.simulate import simulate_density
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, AtomArrays, Structure
@@ -144,12 +145,10 @@ def image_radius(resolution_A: float, b_iso_A2: float, element: str = "C") -> fl
 
 
 def _cc(a: np.ndarray, b: np.ndarray) -> float | None:
-    if a.size < 2:
+    """Correlation, or ``None`` where it is undefined (fewer than 2 points, a flat map)."""
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
         return None
-    a = a.astype(np.float64) - a.mean()
-    b = b.astype(np.float64) - b.mean()
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else None
+    return correlation(a, b)
 
 
 def _top_n(values: np.ndarray, n: int) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 
 from cryostack.validate.residues import (
     COMMON_AMINO_ACIDS,
+    ClassifiedCounts,
     ResidueRef,
     altloc_of,
     as_model,
@@ -159,11 +160,7 @@ class RamaResidue:
 
     def outlier_dict(self) -> dict[str, Any]:
         return {
-            "chain": self.chain,
-            "number": self.number,
-            "icode": self.icode,
-            "name": self.name,
-            "altloc": self.altloc,
+            **self.ref.as_dict(),
             "category": self.category,
             "phi": round(self.phi_deg, 2),
             "psi": round(self.psi_deg, 2),
@@ -172,7 +169,7 @@ class RamaResidue:
 
 
 @dataclass
-class RamachandranResult:
+class RamachandranResult(ClassifiedCounts):
     """Ramachandran statistics of a model.
 
     ``residues`` holds every evaluated residue, one record per alternate conformation where
@@ -180,42 +177,7 @@ class RamachandranResult:
     or ``A`` conformation), as MolProbity does.
     """
 
-    n_residues: int
-    n_favored: int
-    n_allowed: int
-    n_outliers: int
     residues: list[RamaResidue] = field(default_factory=list)
-
-    def _pct(self, n: int) -> float:
-        return 100.0 * n / self.n_residues if self.n_residues else 0.0
-
-    @property
-    def favored_pct(self) -> float:
-        return self._pct(self.n_favored)
-
-    @property
-    def allowed_pct(self) -> float:
-        return self._pct(self.n_allowed)
-
-    @property
-    def outlier_pct(self) -> float:
-        return self._pct(self.n_outliers)
-
-    @property
-    def outliers(self) -> list[dict[str, Any]]:
-        """Outliers (every conformation) as dicts: chain, number, icode, name, altloc, category,
-        phi, psi (degrees), score."""
-        return [r.outlier_dict() for r in self.residues if r.classification == "outlier"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary."""
-        return {
-            "favored_pct": round(self.favored_pct, 3),
-            "allowed_pct": round(self.allowed_pct, 3),
-            "outlier_pct": round(self.outlier_pct, 3),
-            "n_residues": self.n_residues,
-            "outliers": self.outliers,
-        }
 
 
 def _category(name: str, next_name: str, prev_atoms: dict, atoms: dict) -> str:

@@ -50,6 +50,49 @@ class ResidueRef:
         return asdict(self)
 
 
+@dataclass
+class ClassifiedCounts:
+    """Favoured / allowed / outlier counts over ``n_residues`` residues (Ramachandran, rotamers).
+
+    Subclasses add ``residues``: records with a ``classification`` and an ``outlier_dict()``.
+    """
+
+    n_residues: int
+    n_favored: int
+    n_allowed: int
+    n_outliers: int
+
+    def _pct(self, n: int) -> float:
+        return 100.0 * n / self.n_residues if self.n_residues else 0.0
+
+    @property
+    def favored_pct(self) -> float:
+        return self._pct(self.n_favored)
+
+    @property
+    def allowed_pct(self) -> float:
+        return self._pct(self.n_allowed)
+
+    @property
+    def outlier_pct(self) -> float:
+        return self._pct(self.n_outliers)
+
+    @property
+    def outliers(self) -> list[dict[str, Any]]:
+        """Outlier records (every conformation) as dicts."""
+        return [r.outlier_dict() for r in self.residues if r.classification == "outlier"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "favored_pct": round(self.favored_pct, 3),
+            "allowed_pct": round(self.allowed_pct, 3),
+            "outlier_pct": round(self.outlier_pct, 3),
+            "n_residues": self.n_residues,
+            "outliers": self.outliers,
+        }
+
+
 def as_model(structure: Any) -> gemmi.Model:
     """The model to validate: the first model of a cryostack ``Structure`` or ``gemmi.Structure``,
     or a ``gemmi.Model`` as given."""

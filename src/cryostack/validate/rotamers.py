@@ -88,7 +88,7 @@ from typing import Any, Sequence
 import gemmi
 import numpy as np
 
-from cryostack.validate.residues import as_model, conformer_atoms, residue_altlocs
+from cryostack.validate.residues import ClassifiedCounts, ResidueRef, as_model, conformer_atoms, residue_altlocs
 
 #: A score below this is a rotamer outlier (MolProbity: 0.3 %).
 OUTLIER_BELOW = 0.003
@@ -406,11 +406,7 @@ class RotamerResidue:
 
     def outlier_dict(self) -> dict[str, Any]:
         return {
-            "chain": self.chain,
-            "number": self.number,
-            "icode": self.icode,
-            "name": self.name,
-            "altloc": self.altloc,
+            **ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc).as_dict(),
             "score": self.score,
             "chis": [round(x, 1) for x in self.chis_deg],
             "rotamer": self.rotamer_name,
@@ -418,7 +414,7 @@ class RotamerResidue:
 
 
 @dataclass
-class RotamerResult:
+class RotamerResult(ClassifiedCounts):
     """Rotamer statistics of a model.
 
     ``residues`` holds every scored side chain (one record per altloc where the chi atoms have
@@ -426,42 +422,8 @@ class RotamerResult:
     ``n_incomplete`` counts residues skipped for missing side-chain atoms.
     """
 
-    n_residues: int
-    n_favored: int
-    n_allowed: int
-    n_outliers: int
     n_incomplete: int = 0
     residues: list[RotamerResidue] = field(default_factory=list)
-
-    def _pct(self, n: int) -> float:
-        return 100.0 * n / self.n_residues if self.n_residues else 0.0
-
-    @property
-    def favored_pct(self) -> float:
-        return self._pct(self.n_favored)
-
-    @property
-    def allowed_pct(self) -> float:
-        return self._pct(self.n_allowed)
-
-    @property
-    def outlier_pct(self) -> float:
-        return self._pct(self.n_outliers)
-
-    @property
-    def outliers(self) -> list[dict[str, Any]]:
-        """Outliers (every altloc) as dicts: chain, number, icode, name, altloc, score, chis, rotamer."""
-        return [r.outlier_dict() for r in self.residues if r.classification == "outlier"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary."""
-        return {
-            "favored_pct": round(self.favored_pct, 3),
-            "allowed_pct": round(self.allowed_pct, 3),
-            "outlier_pct": round(self.outlier_pct, 3),
-            "n_residues": self.n_residues,
-            "outliers": self.outliers,
-        }
 
 
 def _find_atom(atoms: dict[str, gemmi.Atom], residue_name: str, atom_name: str) -> gemmi.Atom | None:

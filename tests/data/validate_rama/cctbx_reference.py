@@ -28,6 +28,16 @@ def first_model(path: str):
     return hierarchy
 
 
+def _identity(x) -> dict:
+    return {
+        "chain": x.chain_id.strip(),
+        "number": int(x.resseq),
+        "icode": x.icode.strip(),
+        "altloc": x.altloc.strip(),
+        "name": x.resname,
+    }
+
+
 def rama(hierarchy) -> dict:
     r = ramalyze(pdb_hierarchy=hierarchy, outliers_only=False, out=io.StringIO(), quiet=True)
     return {
@@ -37,11 +47,7 @@ def rama(hierarchy) -> dict:
         "n_outliers": r.n_outliers,
         "residues": [
             {
-                "chain": x.chain_id.strip(),
-                "number": int(x.resseq),
-                "icode": x.icode.strip(),
-                "altloc": x.altloc.strip(),
-                "name": x.resname,
+                **_identity(x),
                 "category": CATEGORIES[x.res_type],
                 "classification": CLASSES[x.rama_type],
                 "phi": x.phi,
@@ -59,11 +65,7 @@ def cbeta(hierarchy) -> dict:
         "n_outliers": r.n_outliers,
         "residues": [
             {
-                "chain": x.chain_id.strip(),
-                "number": int(x.resseq),
-                "icode": x.icode.strip(),
-                "altloc": x.altloc.strip(),
-                "name": x.resname,
+                **_identity(x),
                 "deviation": x.deviation,
             }
             for x in r.results

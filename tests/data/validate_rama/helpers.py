@@ -63,6 +63,17 @@ def cctbx_reference(paths: list[Path], out_json: Path) -> dict[str, dict]:
     return json.loads(out_json.read_text())
 
 
+def agreement_inputs(backbones: Path, mixed: Path, tmp: Path) -> dict[str, Path]:
+    """Structures both cctbx agreement tests use: available real ones, the committed fixtures,
+    and distorted / altloc variants of the backbones written into ``tmp``."""
+    paths = {name: p for name in REAL_STRUCTURES if (p := real_structure(name)) is not None}
+    paths["promod3_backbones"] = backbones
+    paths["mixed"] = mixed
+    paths["distorted"] = make_distorted(backbones, tmp / "distorted.pdb")
+    paths["altlocs"] = make_altlocs(backbones, tmp / "altlocs.pdb")
+    return paths
+
+
 # -- geometry edits ---------------------------------------------------------------------------
 def _rotate(points: np.ndarray, origin: np.ndarray, axis: np.ndarray, angle_deg: float) -> np.ndarray:
     """Rotate ``points`` (N, 3) by ``angle_deg`` about the axis through ``origin`` (right hand)."""

@@ -7,16 +7,18 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
+# Debian packages: OpenStructure and TM-align (lDDT and TM-score references for the validation
+# tests); ProMod3 with its StructureDB and mmseqs2 (the training corpus and its identity splits).
+APT_PACKAGES="openstructure tm-align promod3-data python3-promod3 mmseqs2"
+
 stamp=.venv/.cryostack-setup
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 apt_ok=1
-for pkg in openstructure tm-align; do dpkg -s "$pkg" >/dev/null 2>&1 || apt_ok=0; done
+for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || apt_ok=0; done
 if [ "$apt_ok" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ] && [ -x .venv/bin/cryostack ]; then
     exit 0
 fi
 
-# Debian packages: OpenStructure and TM-align (lDDT and TM-score references for the validation tests).
-APT_PACKAGES="openstructure tm-align"
 missing=""
 for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
 if [ -n "$missing" ]; then

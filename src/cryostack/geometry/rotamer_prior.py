@@ -1,0 +1,120 @@
+"""A smooth side-chain rotamer prior from the Top8000 chi grids (the grids ``cryostack validate`` uses).
+
+Energy of a side chain: ``−log(p̃ + ε)`` where ``p̃`` is its residue type's Top8000 percentile
+grid (:func:`cryostack.validate.rotamers.load_grid`) smoothed with a periodic Gaussian (one cell)
+and interpolated multilinearly in the chi angles, wrapping in every dimension; the grids'
+ranges fold symmetric side chains (Phe/Tyr χ2, Asp χ2, Glu χ3) as in validation.
+
+Reference data: Richardson lab, Duke University — Top8000 reference data (CC-BY 4.0).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from cryostack.geometry.restraints import dihedrals
+from cryostack.validate.rotamers import _ATOM_ALIASES, CHI_ATOMS, GRID_OF, load_grid
+
+#: Floor added to the percentile before the log.
+EPSILON = 1e-3
+#: Smoothing, in grid cells.
+SMOOTH_CELLS = 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def energy_grid(grid_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattened energy table and its spec (lower °, cell width °, bins) of one rotamer grid."""
+    grid = load_grid(grid_name)
+    smooth = gaussian_filter(grid.values, sigma=SMOOTH_CELLS, mode="wrap")
+    energy = -np.log(np.clip(smooth, 0.0, None) + EPSILON)
+    return (
+        torch.as_tensor(energy.ravel(), dtype=torch.float32),
+        torch.as_tensor(grid.spec.lower, dtype=torch.float32),
+        torch.as_tensor(grid.spec.width_deg, dtype=torch.float32),
+        torch.as_tensor(grid.spec.n_bins, dtype=torch.int64),
+    )
+
+
+@dataclass
+class RotamerSet:
+    """Side chains grouped by grid: grid name → ``(S, n_chi, 4)`` atom quadruples."""
+
+    groups: dict[str, torch.Tensor]
+
+    def to(self, device) -> "RotamerSet":
+        return RotamerSet({k: v.to(device) for k, v in self.groups.items()})
+
+    def subset(self, new_index: torch.Tensor) -> "RotamerSet":
+        out = {}
+        for k, q in self.groups.items():
+            ok = (new_index[q] >= 0).flatten(1).all(1)
+            if ok.any():
+                out[k] = new_index[q[ok]]
+        return RotamerSet(out)
+
+    @property
+    def n_residues(self) -> int:
+        return sum(int(v.shape[0]) for v in self.groups.values())
+
+
+def build_rotamers(arr) -> RotamerSet:
+    """Chi quadruples of every complete side chain with a Top8000 grid (first altloc)."""
+    lookup: dict[tuple[int, str], int] = {}
+    for i, (r, nm) in enumerate(zip(arr.residue_index, arr.atom_names)):
+        lookup.setdefault((int(r), nm), i)
+    groups: dict[str, list] = {}
+    for r, name in enumerate(arr.residue_names):
+        quads = CHI_ATOMS.get(name)
+        if quads is None:
+            continue
+        rows = []
+        for quad in quads:
+            ids = [lookup.get((r, a), lookup.get((r, _ATOM_ALIASES.get((name, a), "")))) for a in quad]
+            if any(i is None for i in ids):
+                break
+            rows.append(ids)
+        else:
+            groups.setdefault(GRID_OF[name], []).append(rows)
+    return RotamerSet({k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in groups.items()})
+
+
+def _interpolate(table: torch.Tensor, lower, width, bins, chis_deg: torch.Tensor) -> torch.Tensor:
+    """Multilinear, wrapping interpolation of a flattened n-d table at ``(S, n)`` angles (°)."""
+    span = width * bins.to(width.dtype)
+    u = torch.remainder(chis_deg - lower, span) / width - 0.5
+    base = torch.floor(u)
+    frac = u - base
+    base = base.to(torch.int64)
+    n = chis_deg.shape[1]
+    strides = torch.ones(n, dtype=torch.int64, device=table.device)
+    for d in range(n - 2, -1, -1):
+        strides[d] = strides[d + 1] * bins[d + 1]
+    out = chis_deg.new_zeros(chis_deg.shape[0])
+    for corner in range(1 << n):
+        upper = torch.tensor([(corner >> d) & 1 for d in range(n)], device=table.device)
+        w = torch.where(upper.bool(), frac, 1.0 - frac).prod(dim=1)
+        idx = (torch.remainder(base + upper, bins) * strides).sum(dim=1)
+        out = out + w * table[idx]
+    return out
+
+
+def rotamer_energy(x: torch.Tensor, rot: RotamerSet) -> torch.Tensor:
+    """``(S,)`` prior energies of all side chains (grouped by grid, concatenated)."""
+    out = []
+    for name, quads in rot.groups.items():
+        table, lower, width, bins = (t.to(x.device) for t in energy_grid(name))
+        s, n, _ = quads.shape
+        chis = torch.rad2deg(dihedrals(x, quads.reshape(-1, 4))).reshape(s, n)
+        out.append(_interpolate(table.to(x.dtype), lower.to(x.dtype), width.to(x.dtype), bins, chis))
+    return torch.cat(out) if out else x.new_zeros(0)
+
+
+def rotamer_loss(x: torch.Tensor, rot: RotamerSet) -> torch.Tensor:
+    """Mean rotamer prior energy over side chains."""
+    e = rotamer_energy(x, rot)
+    return e.mean() if e.numel() else x.new_zeros(())

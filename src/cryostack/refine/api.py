@@ -1,0 +1,111 @@
+"""Refinement API: configuration, result, the optimiser registry and :func:`refine`.
+
+An optimiser is a function ``(objective, config, progress) → RefineResult``; ``progress`` is
+called once per recycle with ``(recycle, total_loss, terms, cc)`` (terms as floats) and may be
+``None``. ``"direct"`` is registered here; ``"diffusion"`` is registered by
+:mod:`cryostack.refine.diffusion` when that module is installed (imported lazily on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from cryostack.refine.objective import LossWeights, RefinementObjective
+
+
+@dataclass
+class RefineConfig:
+    """How to optimise. ``lr`` is Adam's step in Å for ``"direct"`` (the diffusion optimiser reads
+    it as its own learning rate)."""
+
+    method: str = "direct"
+    max_recycles: int = 8
+    steps_per_recycle: int = 40
+    lr: float = 0.05
+    patience: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    #: Models with more residues than this are refined in spatially overlapping crops.
+    crop_above_residues: int = 1500
+    #: Crop radius (Å) around each crop centre; atoms are kept from the crop where they are most interior.
+    crop_radius_A: float = 30.0
+    #: Extra shell (Å) around each crop whose atoms take part but are taken from another crop.
+    crop_margin_A: float = 8.0
+    #: Minimum relative improvement of the best total loss that resets the patience counter.
+    min_improvement: float = 1e-3
+
+
+@dataclass
+class RecycleRecord:
+    recycle: int
+    loss: float
+    terms: dict[str, float]
+    cc: float
+
+
+@dataclass
+class RefineResult:
+    """``coords`` ``(N, 3)`` Å: the best model by total loss; ``history``: one record per recycle."""
+
+    coords: np.ndarray
+    history: list[RecycleRecord] = field(default_factory=list)
+    method: str = "direct"
+    best_recycle: int = 0
+    crops: int = 1
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "best_recycle": self.best_recycle,
+            "crops": self.crops,
+            "wall_s": self.wall_s,
+            "history": [r.__dict__ for r in self.history],
+        }
+
+
+class Progress(Protocol):
+    def __call__(self, recycle: int, loss: float, terms: dict[str, float], cc: float) -> None: ...
+
+
+Optimizer = Callable[[RefinementObjective, RefineConfig, "Progress | None"], RefineResult]
+#: Optimisers by name. Modules register themselves: ``OPTIMIZERS["name"] = fn``.
+OPTIMIZERS: dict[str, Optimizer] = {}
+#: Modules imported on first look-up of a name not yet registered.
+_LAZY = {"diffusion": "cryostack.refine.diffusion"}
+
+
+def get_optimizer(name: str) -> Optimizer:
+    """The registered optimiser ``name`` (importing its module if it registers lazily)."""
+    if name not in OPTIMIZERS and name in _LAZY:
+        try:
+            importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:
+            if exc.name and _LAZY[name].startswith(exc.name):
+                raise KeyError(f"optimiser {name!r} is not installed") from None
+            raise
+    if name not in OPTIMIZERS:
+        raise KeyError(f"unknown optimiser {name!r} (available: {', '.join(available_methods())})")
+    return OPTIMIZERS[name]
+
+
+def available_methods() -> list[str]:
+    """Registered optimisers plus the lazily registered ones whose module exists."""
+    names = set(OPTIMIZERS)
+    for name, mod in _LAZY.items():
+        if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None:
+            try:
+                if importlib.util.find_spec(mod) is not None:
+                    names.add(name)
+            except ModuleNotFoundError:
+                pass
+    return sorted(names)
+
+
+def terms_as_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in terms.items()}

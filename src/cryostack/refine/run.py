@@ -1,0 +1,183 @@
+"""``refine()``: checks, whole-model or cropped refinement, and the refined :class:`Structure`.
+
+Large models are refined in spatially overlapping crops: polymer residues are clustered in
+space (k-means on residue centres, seeded), each cluster is a crop's *core*, and the crop adds
+every residue within ``crop_margin_A`` of the core as a movable shell plus nearby ligands and
+waters as fixed context. Crops run one after another on the current coordinates, so each sees
+its neighbours already refined; each atom is taken from the crop whose core holds it (the crop
+where it is most interior). A short whole-model pass then relaxes the seams between crops.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gemmi
+import numpy as np
+from scipy.cluster.vq import kmeans2
+from scipy.spatial import cKDTree
+
+from cryostack.errors import InputError
+from cryostack.io.maps import DensityMap
+from cryostack.io.models import DNA, PROTEIN, RNA, WATER, Structure
+from cryostack.refine.api import RefineConfig, RefineResult, get_optimizer
+from cryostack.refine.objective import LossWeights, RefinementObjective
+
+#: Refinement is refused when more than this fraction of the model's atoms lies outside the map.
+MAX_OUTSIDE_FRACTION = 0.5
+MIN_RESOLUTION_A, MAX_RESOLUTION_A = 0.5, 50.0
+#: Polymer residues per crop aimed for when cropping.
+RESIDUES_PER_CROP = 600
+
+
+def check_inputs(structure: Structure, density_map: DensityMap, resolution_A: float | None) -> None:
+    """Raise :class:`InputError` for a missing or absurd resolution, a model outside the map, or
+    residues with no monomer-library entry."""
+    where_map = density_map.source or "map"
+    where_model = structure.source or "model"
+    if resolution_A is None:
+        raise InputError(where_map, "refinement needs the map's resolution (--resolution, Å)")
+    if not (MIN_RESOLUTION_A <= float(resolution_A) <= MAX_RESOLUTION_A):
+        raise InputError(where_map, f"resolution {resolution_A} Å is outside the sensible range "
+                         f"{MIN_RESOLUTION_A}–{MAX_RESOLUTION_A} Å")
+    arr = structure.atoms()
+    idx = density_map.angstrom_to_voxel(arr.coords)
+    outside = float(np.any((idx < 0) | (idx > np.array(density_map.shape) - 1), axis=1).mean())
+    if outside > MAX_OUTSIDE_FRACTION:
+        raise InputError(where_model, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
+                         f"({where_map}); is this the right map, and are origin and axis order right?")
+    if not np.any(np.isin(arr.residue_class, (PROTEIN, DNA, RNA))):
+        raise InputError(where_model, "no protein, DNA or RNA residues to refine")
+    from cryostack.validate.geometry import _monlib
+
+    names = tuple(sorted(set(arr.residue_names)))
+    monlib = _monlib(names)
+    unknown = [n for n in names if n not in monlib.monomers and not (gemmi.find_tabulated_residue(n) and
+                                                                       gemmi.find_tabulated_residue(n).is_water())]
+    if unknown:
+        raise InputError(where_model, f"no monomer-library dictionary for residue(s) {', '.join(unknown)}; "
+                         "add their restraints to the library ($CRYOSTACK_MONLIB) or remove them")
+
+
+def refine(
+    structure: Structure,
+    density_map: DensityMap,
+    resolution_A: float,
+    config: RefineConfig | None = None,
+    weights: LossWeights | None = None,
+    progress=None,
+) -> tuple[Structure, RefineResult]:
+    """Refine ``structure`` into ``density_map`` at ``resolution_A`` Å.
+
+    Returns the refined structure (same chains, numbering, atoms and metadata; ligands and
+    waters unmoved) and the optimiser's :class:`RefineResult`. ``progress`` (optional) is called
+    per recycle as ``progress(recycle, loss, terms, cc)``; in crop mode it gets an extra keyword
+    ``crop=(i, n)``.
+    """
+    config = config or RefineConfig()
+    weights = weights or LossWeights()
+    check_inputs(structure, density_map, resolution_A)
+    optimizer = get_optimizer(config.method)
+    t0 = time.perf_counter()
+    arr = structure.atoms()
+    n_polymer = int(np.isin(arr.residue_class, (PROTEIN, DNA, RNA)).sum())
+    if n_polymer <= config.crop_above_residues:
+        objective = RefinementObjective(structure, density_map, resolution_A, weights, device=config.device)
+        result = optimizer(objective, config, progress)
+    else:
+        result = _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress)
+    result.wall_s = time.perf_counter() - t0
+    return structure.with_coordinates(result.coords), result
+
+
+def crop_assignment(structure: Structure, config: RefineConfig) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Spatial crops of the polymer residues.
+
+    Returns ``core`` ``(R,)`` (crop id of each residue's core, −1 for non-polymer residues) and,
+    per crop, ``(crop id, residue indices it holds)`` (core, shell and fixed context, sorted).
+    """
+    arr = structure.atoms()
+    n_res = len(arr.residue_names)
+    centres = np.zeros((n_res, 3))
+    np.add.at(centres, arr.residue_index, arr.coords.astype(np.float64))
+    centres /= np.bincount(arr.residue_index, minlength=n_res).clip(min=1)[:, None]
+    polymer = np.isin(arr.residue_class, (PROTEIN, DNA, RNA))
+    pidx = np.nonzero(polymer)[0]
+    k = max(1, int(np.ceil(len(pidx) / RESIDUES_PER_CROP)))
+    rng = np.random.default_rng(config.seed)
+    _, labels = kmeans2(centres[pidx], k, seed=rng, minit="++")
+    core = np.full(n_res, -1, dtype=np.int64)
+    core[pidx] = labels
+    # Residue reach: its atoms' farthest distance from its centre, so shells are measured atom to atom.
+    reach = np.zeros(n_res)
+    np.maximum.at(reach, arr.residue_index, np.linalg.norm(arr.coords - centres[arr.residue_index], axis=1))
+    tree = cKDTree(centres)
+    crops = []
+    for c in range(k):
+        members = np.nonzero(core == c)[0]
+        if len(members) == 0:
+            continue
+        near = tree.query_ball_point(centres[members], r=config.crop_margin_A + 2 * reach.max())
+        cand = np.unique(np.concatenate([np.asarray(n, dtype=np.int64) for n in near]))
+        d = cKDTree(centres[members]).query(centres[cand])[0] - reach[cand] - reach[members].max()
+        crops.append((c, np.union1d(members, cand[d <= config.crop_margin_A])))
+    return core, crops
+
+
+def _sub_structure(structure: Structure, residues: np.ndarray) -> tuple[Structure, np.ndarray]:
+    """The residues ``residues`` (indices in :meth:`Structure.atoms` order) as a new Structure, and
+    the global atom index of each of its atoms."""
+    st = structure.gemmi.clone()
+    keep = set(int(r) for r in residues)
+    serial, ri = 0, 0
+    for chain in st[0]:
+        for res in chain:
+            for atom in res:
+                atom.serial = serial
+                serial += 1
+            ri += 1
+    ri = 0
+    for chain in st[0]:
+        drop = []
+        for i, _ in enumerate(chain):
+            if ri not in keep:
+                drop.append(i)
+            ri += 1
+        for i in reversed(drop):
+            del chain[i]
+    st.remove_empty_chains()
+    for m in range(len(st) - 1, 0, -1):
+        del st[m]
+    index = np.array([a.serial for ch in st[0] for res in ch for a in res], dtype=np.int64)
+    return Structure(st), index
+
+
+def _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress) -> RefineResult:
+    arr = structure.atoms()
+    coords = arr.coords.astype(np.float32).copy()
+    core, crops = crop_assignment(structure, config)
+    atom_core = core[arr.residue_index]
+    polymer_atoms = np.isin(arr.residue_class[arr.residue_index], (PROTEIN, DNA, RNA))
+    history = []
+    for ci, (crop_id, residues) in enumerate(crops):
+        current = structure.with_coordinates(coords)
+        sub, index = _sub_structure(current, residues)
+        movable = polymer_atoms[index]
+        obj = RefinementObjective(sub, density_map, resolution_A, weights, device=config.device, movable=movable)
+        cb = None
+        if progress is not None:
+            def cb(recycle, loss, terms, cc, _ci=ci):
+                progress(recycle, loss, terms, cc, crop=(_ci + 1, len(crops)))
+        res = optimizer(obj, config, cb)
+        mine = (atom_core[index] == crop_id) & movable
+        coords[index[mine]] = res.coords[mine]
+        history.extend(res.history)
+    # Relax the seams: a short pass over the whole model from the merged coordinates.
+    merged = structure.with_coordinates(coords)
+    seam_config = RefineConfig(**{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4})
+    obj = RefinementObjective(merged, density_map, resolution_A, weights, device=config.device)
+    res = optimizer(obj, seam_config, None if progress is None else
+                    (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))))
+    history.extend(res.history[1:])
+    return RefineResult(coords=res.coords, history=history, method=config.method,
+                        best_recycle=res.best_recycle, crops=len(crops))

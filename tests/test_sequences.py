@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
+import gemmi
 import pytest
 
 from cryostack.errors import InputError
+from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.models import read_structure
-from cryostack.io.sequences import align_chains_to_fasta, read_fasta
+from cryostack.io.sequences import (
+    MIN_IDENTITY,
+    FastaEntry,
+    SequenceMismatchError,
+    align_chains_to_fasta,
+    read_fasta,
+)
 
 FACTIN_PDB = "maps/emd_5168_factin/3MFP.pdb"
 
@@ -125,6 +135,72 @@ def test_align_picks_best_score_when_headers_name_no_chain(shared_file, tmp_path
     path = write(tmp_path, f">decoy\n{LYSOZYME}\n>actin\n{actin}\n")
     (hit,) = align_chains_to_fasta(structure, read_fasta(path))
     assert hit.entry == "actin" and hit.identity >= 99.0
-    # against the decoy alone the identity is low
-    (poor,) = align_chains_to_fasta(structure, read_fasta(write(tmp_path, f">decoy\n{LYSOZYME}\n", "d.fasta")))
-    assert poor.entry == "decoy" and poor.identity < 50.0
+    # Against the decoy alone no record reaches the floor: an error naming the FASTA file ...
+    decoy = write(tmp_path, f">decoy|Chains A|lysozyme\n{LYSOZYME}\n", "d.fasta")
+    with pytest.raises(SequenceMismatchError) as ei:
+        align_chains_to_fasta(structure, read_fasta(decoy), fasta_path=decoy)
+    msg = assert_one_line_input_error(ei, decoy)
+    assert "chain A" in msg and "decoy" in msg and "30 %" in msg
+    assert isinstance(ei.value, InputError)
+    # ... or, when asked, the best record flagged as not accepted.
+    (poor,) = align_chains_to_fasta(structure, read_fasta(decoy), strict=False)
+    assert poor.entry == "decoy" and poor.named and not poor.accepted and poor.identity < MIN_IDENTITY
+
+
+def _mutate(seq: str, keep: float, seed: int) -> str:
+    rng = random.Random(seed)
+    out = list(seq)
+    for i in rng.sample(range(len(seq)), round((1 - keep) * len(seq))):
+        out[i] = rng.choice([a for a in "ACDEFGHIKLMNPQRSTVWY" if a != seq[i]])
+    return "".join(out)
+
+
+def test_named_record_below_floor_loses_to_matching_record(shared_file, tmp_path):
+    """A header naming the chain no longer wins at 10-20 % identity: the matching record does."""
+    structure = read_structure(shared_file(FACTIN_PDB))
+    actin = "MCDD" + structure.sequences()["A"]
+    path = write(tmp_path, f">decoy|Chains A|lysozyme\n{LYSOZYME}\n>actin\n{actin}\n")
+    (hit,) = align_chains_to_fasta(structure, read_fasta(path))
+    assert hit.entry == "actin" and not hit.named and hit.accepted and hit.identity >= 99.0
+
+
+def test_named_record_above_floor_is_preferred(shared_file, tmp_path):
+    """Among records above the floor the header still decides, even over a higher identity."""
+    structure = read_structure(shared_file(FACTIN_PDB))
+    actin = "MCDD" + structure.sequences()["A"]
+    homolog = _mutate(actin, 0.7, seed=1)
+    path = write(tmp_path, f">actin\n{actin}\n>homolog|Chains A|actin homolog\n{homolog}\n")
+    (hit,) = align_chains_to_fasta(structure, read_fasta(path))
+    assert hit.entry == "homolog" and hit.named and hit.accepted
+    assert 60.0 < hit.identity < 80.0
+
+
+def test_long_unrelated_record_stays_below_floor(shared_file, tmp_path):
+    """A 3,000-residue record with actin's composition but no relation to it does not pass.
+
+    With free gaps inside the chain such a record reached about 45 % identity.
+    """
+    structure = read_structure(shared_file(FACTIN_PDB))
+    letters = list(structure.sequences()["A"])
+    random.Random(0).shuffle(letters)
+    unrelated = ("".join(letters) * 9)[:3000]
+    path = write(tmp_path, f">unrelated\n{unrelated}\n")
+    (hit,) = align_chains_to_fasta(structure, read_fasta(path), strict=False)
+    assert not hit.accepted and hit.identity < 25.0
+
+
+def test_record_spans_unmodelled_loops():
+    """The bundled spike NTD chain has 5 unmodelled loops: its full sequence still aligns at 100 %."""
+    structure = read_structure(SPIKE_NTD_MODEL)
+    (chain,) = [c for c in structure.model if len(c.get_polymer())]
+    rng = random.Random(2)
+    full, prev = "MFVFLVLLPLV", None
+    for res in chain.get_polymer():
+        if prev is not None and res.seqid.num - prev > 1:  # residues the model leaves out
+            full += "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(res.seqid.num - prev - 1))
+        full += gemmi.find_tabulated_residue(res.name).one_letter_code.upper()
+        prev = res.seqid.num
+    (hit,) = align_chains_to_fasta(structure, [FastaEntry("spike", full + "GSAAA")])
+    assert hit.identity == pytest.approx(100.0) and hit.accepted
+    assert hit.cigar.count("I") >= 5  # the record's extra residues sit in the model's breaks
+

@@ -87,49 +87,106 @@ def read_fasta(path: str | Path) -> list[FastaEntry]:
     return entries
 
 
+#: Default identity floor, in percent of the model chain's residues that align to an identical
+#: residue of the record. With :func:`alignment_scoring`, unrelated sequences reach at most about
+#: 20 % (shuffled actin vs its 369-residue chain, records of 50 to 3,000 residues; short chains
+#: of a few dozen residues can score higher by chance), while a point-mutated copy keeps its
+#: identity, so 30 % separates "same or homologous protein" from "unrelated record".
+MIN_IDENTITY = 30.0
+
+#: Gap opening inside a run of bonded model residues: the record cannot hold extra residues
+#: between two residues that are covalently linked in the model, so such gaps are all but
+#: forbidden. Gaps where the model is broken (unmodelled loops, termini) stay free.
+_BONDED_GAP_OPEN = -100
+
+
+def alignment_scoring() -> gemmi.AlignmentScoring:
+    """Scoring for aligning a FASTA record to a model chain.
+
+    BLOSUM62 with gap costs (10, 1), as BLAST (gemmi's ``'b'``), except that a gap opening
+    between two bonded model residues costs 100. Without that, a long unrelated record reaches
+    30 to 45 % identity by splitting the chain into many short matched pieces.
+    """
+    scoring = gemmi.AlignmentScoring("b")
+    scoring.bad_gapo = _BONDED_GAP_OPEN
+    return scoring
+
+
+class SequenceMismatchError(InputError):
+    """No FASTA record reaches the identity floor for one or more model chains."""
+
+
 @dataclass
 class ChainAlignment:
-    """A model chain aligned to a FASTA record."""
+    """A model chain aligned to a FASTA record.
+
+    ``accepted`` is False when even the best record is below the identity floor (only
+    returned with ``strict=False``); ``named`` is True when the record's header names the chain.
+    """
 
     chain: str
     entry: str
-    identity: float  # percent identity over aligned model residues
+    identity: float  # percent of the model chain's residues aligned to an identical residue
     score: int
     cigar: str
+    named: bool = False
+    accepted: bool = True
 
 
-def align_chains_to_fasta(structure, entries: list[FastaEntry]) -> list[ChainAlignment]:
-    """Assign each polymer chain of ``structure`` to the FASTA record it matches best.
+def _polymer_kind(ptype) -> gemmi.ResidueKind:
+    if ptype in (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD):
+        return gemmi.ResidueKind.AA
+    return gemmi.ResidueKind.DNA if ptype == gemmi.PolymerType.Dna else gemmi.ResidueKind.RNA
 
-    Uses gemmi's sequence-to-polymer alignment, which respects gaps in the residue numbering.
-    Records whose header names the chain are preferred; otherwise the highest score wins.
+
+def align_chains_to_fasta(
+    structure,
+    entries: list[FastaEntry],
+    *,
+    min_identity: float = MIN_IDENTITY,
+    strict: bool = True,
+    fasta_path: str | Path | None = None,
+) -> list[ChainAlignment]:
+    """Assign each polymer chain of ``structure`` to the FASTA record it matches.
+
+    Each record is aligned to the chain with gemmi (which lets the record span unmodelled
+    gaps; see :func:`alignment_scoring`). Only records with at least ``min_identity`` percent
+    identity over the chain's residues are candidates. Among them, a record whose header names
+    the chain (RCSB ``Chains A, B``) is preferred; otherwise, or when several are named, the
+    highest identity wins (then the highest score).
+
+    When no record reaches the floor for a chain: with ``strict`` (default) a
+    :class:`SequenceMismatchError` (an :class:`InputError` naming ``fasta_path``) lists every
+    such chain with its best record and identity; with ``strict=False`` the chain is returned
+    with its best-identity record and ``accepted=False``.
     """
-    results = []
+    scoring = alignment_scoring()
+    results, failures = [], []
     for chain in structure.model:
         polymer = chain.get_polymer()
         if not len(polymer):
             continue
         ptype = polymer.check_polymer_type()
-        kind = gemmi.ResidueKind.AA if ptype in (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD) else (
-            gemmi.ResidueKind.DNA if ptype == gemmi.PolymerType.Dna else gemmi.ResidueKind.RNA
-        )
-        best = None
+        kind = _polymer_kind(ptype)
+        candidates = []
         for entry in entries:
             full = gemmi.expand_one_letter_sequence(entry.sequence, kind)
-            ar = gemmi.align_sequence_to_polymer(full, polymer, ptype, gemmi.AlignmentScoring())
-            named = chain.name in entry.chains
-            key = (named, ar.score)
-            if best is None or key > best[0]:
-                best = (key, entry, ar)
-        if best is not None:
-            _, entry, ar = best
-            results.append(
-                ChainAlignment(
-                    chain=chain.name,
-                    entry=entry.name,
-                    identity=float(ar.calculate_identity(2)),
-                    score=int(ar.score),
-                    cigar=ar.cigar_str(),
-                )
-            )
+            ar = gemmi.align_sequence_to_polymer(full, polymer, ptype, scoring)
+            identity = float(ar.calculate_identity(2))
+            candidates.append(ChainAlignment(
+                chain=chain.name, entry=entry.name, identity=identity, score=int(ar.score),
+                cigar=ar.cigar_str(), named=chain.name in entry.chains, accepted=identity >= min_identity))
+        if not candidates:
+            continue
+        passing = [c for c in candidates if c.accepted]
+        pool = [c for c in passing if c.named] or passing or candidates
+        best = max(pool, key=lambda c: (c.identity, c.score))
+        if not best.accepted:
+            failures.append(best)
+        results.append(best)
+    if failures and strict:
+        detail = "; ".join(f"chain {c.chain}: best record {c.entry} has {c.identity:.1f} % identity"
+                           for c in failures)
+        raise SequenceMismatchError(
+            fasta_path, f"no FASTA record reaches {min_identity:g} % sequence identity ({detail})")
     return results

@@ -213,7 +213,7 @@ def postprocess_filter(
     """Post-processing low-pass: amplitudes kept to ``1/resolution_A``, then a Gaussian roll-off.
 
     Beyond ``s_d = 1/d`` amplitudes are multiplied by ``floor + (1 - floor) exp(-(s - s_d)² / 2w²)``
-    with ``w = width_per_A`` (default range 0.015–0.035 1/Å) and ``floor`` (0.03–0.1): the
+    with ``w = width_per_A`` (default range 0.012–0.035 1/Å) and ``floor`` (0.03–0.1): the
     solvent noise of EMD-0775 and EMD-2867 falls 5–20× in power within 0.02–0.05 1/Å past the
     resolution and levels off about 100× below its peak. Applied to signal and noise alike, it
     leaves the half-map FSC unchanged.

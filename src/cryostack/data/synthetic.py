@@ -76,7 +76,7 @@ class SimulationConfig:
     noise_bfactor_A2: Range = (-40.0, 0.0)
     noise_scale: Range = (1.0, 1.0)
     postprocess_prob: float = 0.7  # roll-off past the resolution, as in deposited maps
-    postprocess_width_per_A: Range = (0.015, 0.035)
+    postprocess_width_per_A: Range = (0.012, 0.035)
     postprocess_floor: Range = (0.03, 0.1)
     # local resolution variation: extra B up to local_b_max_A2 across the box
     local_resolution_prob: float = 0.5

@@ -184,9 +184,10 @@ class SimulatedItem:
     @classmethod
     def from_arrays(cls, d) -> "SimulatedItem":
         vox, origin = tuple(d["voxel_size_A"].tolist()), tuple(d["origin_A"].tolist())
+        nstart = tuple(int(round(o / v)) for o, v in zip(origin, vox))  # origins lie on the voxel lattice
         return cls(
-            input_map=DensityMap(data=d["input_map"], voxel_size=vox, origin=origin),
-            target_map=DensityMap(data=d["target_map"], voxel_size=vox, origin=origin),
+            input_map=DensityMap(data=d["input_map"], voxel_size=vox, origin=origin, nstart=nstart),
+            target_map=DensityMap(data=d["target_map"], voxel_size=vox, origin=origin, nstart=nstart),
             rotation=np.asarray(d["rotation"], np.float64),
             translation=np.asarray(d["translation"], np.float64),
             params={k[6:]: float(d[k]) for k in d if k.startswith("param_")},

@@ -269,8 +269,8 @@ def add_resolution_noise(
     Noise has the shape of :func:`noise_amplitude`; its level is set per map from the signal's
     own power at 1/d (:func:`noise_sigma_for_resolution`), so the spectral SNR falls with
     frequency and two copies with independent noise cross ``fsc_threshold`` at the target
-    resolution. ``noise_scale`` (default 1; range 0.7–1.4) multiplies the noise amplitude:
-    > 1 moves the crossing to lower resolution. Returns the noisy map (float32) and the noise
+    resolution. ``noise_scale`` (default 1) multiplies the noise amplitude: > 1 moves the
+    crossing to lower resolution. Returns the noisy map (float32) and the noise
     standard deviation in map units.
     """
     noise = coloured_noise(
@@ -291,7 +291,7 @@ def bfactor_field(
     radial_weight: float = 0.5,
     centre_zyx: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A smooth extra-B field ``[z, y, x]`` in Å² spanning ``b_range_A2`` (default 0–80 Å²).
+    """A smooth extra-B field ``[z, y, x]`` in Å² spanning ``b_range_A2`` (default 0 to 20–100 Å²).
 
     Mix of a random field smoothed over ``correlation_length_A`` (15 Å) and, with weight
     ``radial_weight`` (0.5), the distance from ``centre_zyx`` (default: box centre) — in real

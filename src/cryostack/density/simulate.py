@@ -69,8 +69,14 @@ def _local_cubes(
     size: tuple[int, int, int],  # stencil size x, y, z (voxels)
     g: _Grid,
     offsets: torch.Tensor,  # (Sz, Sy, Sx) flat offsets in the padded grid
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density of each atom on its stencil ``(A, Sz, Sy, Sx)`` and the stencil's flat padded indices."""
+    """Density of each atom on its stencil ``(A, Sz, Sy, Sx)`` and the stencil's flat padded indices.
+
+    ``scratch``: optional flat (values, int64 indices) buffers of at least ``A × Sz × Sy × Sx``
+    elements that receive the results (forward pass only: ``out=`` does not record gradients).
+    Reusing them across chunks saves allocating, and page-faulting, megabytes per chunk.
+    """
     dev, dt = xyz.device, xyz.dtype
     alpha = (4.0 * math.pi**2) / btot  # (A, K) 1/Å²
     norm = amp * (4.0 * math.pi / btot) ** 1.5  # (A, K) peak density of each term
@@ -83,12 +89,16 @@ def _local_cubes(
         factors.append(torch.exp(-alpha[:, :, None] * d2[:, None, :]))  # (A, K, S)
     fx, fy, fz = factors
     A, K = btot.shape
+    n_vox = A * size[0] * size[1] * size[2]
     zy = (norm[:, :, None, None] * fz[:, :, :, None] * fy[:, :, None, :]).reshape(A, K, -1)  # (A, K, Sz*Sy)
-    cube = torch.bmm(zy.transpose(1, 2), fx).view(A, size[2], size[1], size[0])
+    cube_out = None if scratch is None else scratch[0][:n_vox].view(A, size[2] * size[1], size[0])
+    cube = torch.bmm(zy.transpose(1, 2), fx, out=cube_out).view(A, size[2], size[1], size[0])
 
     _, ny, nx = (n + 2 * g.pad for n in g.shape)
     base = ((first[:, 2] + g.pad) * ny + (first[:, 1] + g.pad)) * nx + (first[:, 0] + g.pad)
-    return cube, base[:, None, None, None] + offsets[None]
+    idx_out = None if scratch is None else scratch[1][:n_vox].view(A, *offsets.shape)
+    idx = torch.add(base[:, None, None, None], offsets[None], out=idx_out)
+    return cube, idx
 
 
 def _offsets(size: tuple[int, int, int], g: _Grid, device) -> torch.Tensor:
@@ -118,11 +128,19 @@ def _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels):
     plan = []
     if not bool(inside.any()):
         return grid, plan
-    keys, inverse = torch.unique(size[inside], dim=0, return_inverse=True)
+    # Group by one integer key per stencil size: torch.unique over rows (dim=0) costs tens of ms
+    # per call on CPU. Groups come in the same (x, y, z) lexicographic order, atoms ascending.
     atom_ids = torch.nonzero(inside).squeeze(1)
-    for kk, key in enumerate(keys.tolist()):
-        ids = atom_ids[inverse == kk]
-        sz = (int(key[0]), int(key[1]), int(key[2]))
+    sizes = size[atom_ids]
+    m = int(sizes.max().item()) + 1
+    keys, inverse, counts = torch.unique((sizes[:, 0] * m + sizes[:, 1]) * m + sizes[:, 2],
+                                         return_inverse=True, return_counts=True)
+    grouped = atom_ids[torch.sort(inverse, stable=True).indices]
+    start = 0
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        ids = grouped[start : start + count]
+        start += count
+        sz = (key // (m * m), (key // m) % m, key % m)
         step = max(1, chunk_voxels // (sz[0] * sz[1] * sz[2]))
         for s in range(0, ids.numel(), step):
             chunk = ids[s : s + step]
@@ -136,12 +154,17 @@ class _Splat(torch.autograd.Function):
         grid, plan = _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels)
         nz, ny, nx = (n + 2 * grid.pad for n in grid.shape)
         out = torch.zeros(nz * ny * nx, device=xyz.device, dtype=xyz.dtype)
+        # One pair of scratch buffers, sized for the largest chunk, serves every chunk.
+        n_max = max((ids.numel() * math.prod(size) for size, ids, _ in plan), default=0)
+        scratch = (torch.empty(n_max, device=xyz.device, dtype=xyz.dtype),
+                   torch.empty(n_max, device=xyz.device, dtype=torch.int64))
         offsets = {}
         for size, ids, first in plan:
             if size not in offsets:
                 offsets[size] = _offsets(size, grid, xyz.device)
-            cube, idx = _local_cubes(xyz[ids], btot[ids], amp[ids], first, size, grid, offsets[size])
-            out.index_add_(0, idx.reshape(-1), cube.reshape(-1))
+            cube, idx = _local_cubes(xyz[ids], btot[ids], amp[ids], first, size, grid, offsets[size], scratch)
+            # scatter_add_ on a 1-D tensor: same sums as index_add_, several times faster on CPU.
+            out.scatter_add_(0, idx.reshape(-1), cube.reshape(-1))
         ctx.save_for_backward(xyz, btot, amp)
         ctx.grid, ctx.plan = grid, plan
         P = grid.pad

@@ -1,0 +1,230 @@
+"""The atom denoiser: EDM preconditioning around an E(3)-equivariant message-passing network.
+
+``D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))`` (Karras et al.
+2022, the form CryoNet.Refine uses for its one-step module). ``F`` is a small EGNN-style network
+over a graph of the k nearest atoms in the noisy coordinates plus topology edges (within a
+residue, main chain of sequence neighbours). Its output is the exact-identity term
+``(sigma / sigma_data) c_in x`` plus a learned sum of per-edge unit vectors, so an untrained (or
+zero-initialised) network returns its input unchanged, and the whole denoiser commutes with
+rotations, reflections and translations without any augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cryostack.refine.diffusion.config import DenoiserConfig
+from cryostack.refine.diffusion.featurize import (
+    MAX_ATOM_ORDINAL,
+    N_ATOM_TOKENS,
+    N_ELEMENT_TOKENS,
+    N_RESIDUE_TOKENS,
+    AtomFeatures,
+)
+
+MAX_SEQ_OFFSET = 4  # |residue offset| beyond this shares a bucket; another chain has its own
+
+
+def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    return sigma_data**2 / (sigma**2 + sigma_data**2)
+
+
+def c_out(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    return sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
+
+
+def c_in(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    return 1.0 / torch.sqrt(sigma**2 + sigma_data**2)
+
+
+def c_noise(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    return 0.25 * torch.log(sigma / sigma_data)
+
+
+def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's λ(σ) = 1 / c_out², which gives the network target unit variance at every σ."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def knn_edges(coords: torch.Tensor, k: int, group: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Directed edges ``(2, N*k)`` (neighbour → atom) to each atom's ``k`` nearest others.
+
+    ``coords`` ``(N, 3)`` Å; atoms of different ``group`` (e.g. batch members) are never linked.
+    Rows are processed in chunks so memory stays ``O(chunk × N)``.
+    """
+    n = coords.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.zeros((2, 0), dtype=torch.long, device=coords.device)
+    x = coords.detach()
+    out = []
+    for a in range(0, n, chunk):
+        d = torch.cdist(x[a:a + chunk], x)
+        rows = torch.arange(a, min(a + chunk, n), device=x.device)
+        d[rows - a, rows] = float("inf")
+        if group is not None:
+            d = d.masked_fill(group[a:a + chunk, None] != group[None, :], float("inf"))
+        nb = d.topk(k, dim=1, largest=False).indices  # (c, k)
+        ok = torch.isfinite(d.gather(1, nb))
+        dst = rows[:, None].expand_as(nb)
+        out.append(torch.stack([nb[ok], dst[ok]]))
+    return torch.cat(out, dim=1)
+
+
+def build_graph(coords: torch.Tensor, feats: AtomFeatures, k: int, group: torch.Tensor | None = None):
+    """Edges (spatial k-NN ∪ topology, deduplicated) and their fixed categorical attributes.
+
+    Returns ``edges (2, E)`` (source, target), ``kind (E,)`` (0 spatial, 1 same residue,
+    2 adjacent residue), ``offset (E,)`` bucketed sequence offset (``2*MAX+1`` = other chain).
+    """
+    n = coords.shape[0]
+    cand = torch.cat([knn_edges(coords, k, group), feats.topology_edges.to(coords.device)], dim=1)
+    key = torch.unique(cand[0] * n + cand[1])
+    src, dst = key // n, key % n
+    same_chain = feats.chain_index[src] == feats.chain_index[dst]
+    dseq = feats.sequence_position[src] - feats.sequence_position[dst]
+    same_res = feats.residue_index[src] == feats.residue_index[dst]
+    kind = torch.where(same_res, 1, torch.where(same_chain & (dseq.abs() == 1), 2, 0))
+    offset = torch.where(same_chain, dseq.clamp(-MAX_SEQ_OFFSET, MAX_SEQ_OFFSET) + MAX_SEQ_OFFSET,
+                         2 * MAX_SEQ_OFFSET + 1)
+    return torch.stack([src, dst]), kind, offset
+
+
+class _RadialBasis(nn.Module):
+    def __init__(self, count: int, max_A: float):
+        super().__init__()
+        self.register_buffer("centres", torch.linspace(0.0, max_A, count))
+        self.width = max_A / count
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-(((d[:, None] - self.centres) / self.width) ** 2))
+
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, o))
+
+
+class _Block(nn.Module):
+    """One message-passing step: invariant messages, feature update, equivariant position update."""
+
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        h, e = cfg.hidden, cfg.edge_hidden
+        # first message layer split by input, so atom terms are computed per atom, not per edge
+        self.msg_target = nn.Linear(h, e)
+        self.msg_source = nn.Linear(h, e, bias=False)
+        self.msg_radial = nn.Linear(cfg.rbf_count, e, bias=False)
+        self.msg_out = nn.Linear(e, e)
+        self.update = _mlp(h + e, h, h)
+        self.norm = nn.LayerNorm(h)
+        self.vector = _mlp(e, e, 1)
+        nn.init.zeros_(self.vector[-1].weight)  # start as the identity map
+        nn.init.zeros_(self.vector[-1].bias)
+
+    def forward(self, h, y, edges, edge_attr, rbf):
+        src, dst = edges
+        diff = y[dst] - y[src]  # (E, 3) Å, from neighbour to atom
+        dist = diff.norm(dim=-1)
+        pre = self.msg_target(h)[dst] + self.msg_source(h)[src] + self.msg_radial(rbf(dist)) + edge_attr
+        m = self.msg_out(nn.functional.silu(pre))
+        deg = torch.zeros(h.shape[0], 1, device=h.device, dtype=h.dtype).index_add_(
+            0, dst, torch.ones_like(dist)[:, None]).clamp_min(1.0)
+        agg = torch.zeros(h.shape[0], m.shape[1], device=h.device, dtype=h.dtype).index_add_(0, dst, m) / deg
+        h = self.norm(h + self.update(torch.cat([h, agg], dim=-1)))
+        # unit-like direction (bounded near 0 Å) weighted by an invariant scalar: E(3)-equivariant
+        w = self.vector(m)
+        vec = torch.zeros_like(y).index_add_(0, dst, diff / (dist[:, None] + 1.0) * w) / deg
+        return h, vec
+
+
+class AtomDenoiser(nn.Module):
+    """EDM-preconditioned denoiser ``D(x; sigma)`` over the atoms of one (or a batch of) model(s)."""
+
+    def __init__(self, cfg: DenoiserConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or DenoiserConfig()
+        h, e = cfg.hidden, cfg.edge_hidden
+        self.element = nn.Embedding(N_ELEMENT_TOKENS, h)
+        self.atom_name = nn.Embedding(N_ATOM_TOKENS, h)
+        self.residue = nn.Embedding(N_RESIDUE_TOKENS, h)
+        self.ordinal = nn.Embedding(MAX_ATOM_ORDINAL + 1, h)
+        self.main_chain = nn.Embedding(2, h)
+        self.noise = _mlp(16, h, h)
+        self.edge_kind = nn.Embedding(3, e)
+        self.edge_offset = nn.Embedding(2 * MAX_SEQ_OFFSET + 2, e)
+        self.rbf = _RadialBasis(cfg.rbf_count, cfg.rbf_max_A)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
+        self.register_buffer("_freqs", torch.arange(1, 9, dtype=torch.float32) * math.pi)
+
+    def graph(self, coords: torch.Tensor, feats: AtomFeatures, group: torch.Tensor | None = None):
+        """The edge set for coordinates ``(N, 3)`` Å (reusable while the input does not change)."""
+        return build_graph(coords, feats, self.cfg.k_neighbours, group)
+
+    def network(self, x_in: torch.Tensor, noise: torch.Tensor, feats: AtomFeatures, graph) -> torch.Tensor:
+        """``F(c_in x, c_noise)``: ``(N, 3)`` output in units of ``c_out``.
+
+        ``x_in`` is the centred, ``c_in``-scaled input; ``noise`` is ``c_noise`` as ``(N, 1)``
+        (one noise level per atom, so chains with different sigma can share a batch).
+        """
+        sd = self.cfg.sigma_data_A
+        sigma = sd * torch.exp(4.0 * noise)
+        y = x_in / c_in(sigma, sd)  # back to Å: the radial basis is defined on physical distances
+        co = c_out(sigma, sd)
+        edges, kind, offset = graph
+        emb = torch.cat([torch.sin(noise * self._freqs), torch.cos(noise * self._freqs)], dim=-1)
+        h = (self.element(feats.element) + self.atom_name(feats.atom_name) + self.residue(feats.residue_type)
+             + self.ordinal(feats.atom_ordinal) + self.main_chain(feats.main_chain.long()) + self.noise(emb))
+        edge_attr = self.edge_kind(kind) + self.edge_offset(offset)
+        total = torch.zeros_like(y)
+        for block in self.blocks:
+            h, vec = block(h, y + co * total, edges, edge_attr, self.rbf)
+            total = total + vec
+        # (sigma / sigma_data) c_in x makes D exactly the identity when the learned part is zero
+        return (sigma / sd) * x_in + total
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, feats: AtomFeatures, graph=None,
+                group: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoised coordinates ``(N, 3)`` Å of noisy ``x`` ``(N, 3)`` Å at noise level ``sigma`` Å.
+
+        ``sigma`` is a scalar or per-atom ``(N,)``; ``graph`` a cached :meth:`graph` of ``x``.
+        """
+        sd = self.cfg.sigma_data_A
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)
+        if graph is None:
+            graph = self.graph(x, feats, group)
+        centre = x.detach().mean(dim=0)  # translation equivariance (c_skip scales about the centre)
+        xc = x - centre
+        f = self.network(c_in(sigma, sd) * xc, c_noise(sigma, sd), feats, graph)
+        return centre + c_skip(sigma, sd) * xc + c_out(sigma, sd) * f
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def save_checkpoint(path, model: AtomDenoiser, extra: dict | None = None) -> None:
+    """Write weights + architecture config (+ ``extra``, e.g. optimiser state) atomically."""
+    from cryostack.io.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **(extra or {})}, tmp)
+
+
+def load_denoiser(path=None, device: str = "cpu") -> AtomDenoiser:
+    """The denoiser stored at ``path`` (default: the packaged ``weights/denoiser_v1.pt``)."""
+    from pathlib import Path
+
+    from cryostack.errors import InputError
+
+    path = Path(path) if path is not None else Path(__file__).parent / "weights" / "denoiser_v1.pt"
+    if not path.is_file():
+        raise InputError(path, "denoiser checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = AtomDenoiser(DenoiserConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # a truncated or foreign file
+        raise InputError(path, f"not a cryostack denoiser checkpoint ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval()

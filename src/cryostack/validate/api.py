@@ -13,6 +13,7 @@ from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output
 from cryostack.io.maps import DensityMap, read_map
 from cryostack.io.models import PROTEIN, Structure, read_structure
+from cryostack.validate.stages import Stages, stage
 
 #: A map–model comparison is refused when more than this fraction of atoms lies outside the box.
 MAX_OUTSIDE_FRACTION = 0.5
@@ -75,14 +76,21 @@ def validate(
     half_maps: tuple[DensityMap | str | Path, DensityMap | str | Path] | None = None,
     reference: Structure | str | Path | None = None,
     compute_q: bool = True,
+    stages: Stages | None = None,
 ) -> ValidationResult:
-    """Validate a model: geometry always; map fit with a map; scores against a reference."""
-    structure = model if isinstance(model, Structure) else read_structure(model)
+    """Validate a model: geometry always; map fit with a map; scores against a reference.
+
+    ``stages`` (optional) records wall and CPU seconds per step and can report progress.
+    """
+    with stage(stages, "read inputs"):
+        structure = model if isinstance(model, Structure) else read_structure(model)
+        atoms = structure.atoms()
     name = structure.source or "model"
     result = ValidationResult(model=name)
 
     if density is not None:
-        dmap = density if isinstance(density, DensityMap) else read_map(density)
+        with stage(stages, "read inputs"):
+            dmap = density if isinstance(density, DensityMap) else read_map(density)
         where = dmap.source or "map"
         if resolution_A is None:
             raise InputError(where, "a map needs --resolution (Å) for the map–model scores")
@@ -90,48 +98,55 @@ def validate(
             raise InputError(where, f"resolution {resolution_A} Å is outside the sensible range 0.5–50 Å")
         halves = None
         if half_maps is not None:
-            halves = tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps)
+            with stage(stages, "read inputs"):
+                halves = tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps)
             for h in halves:
                 if h.shape != dmap.shape or any(abs(a - b) > 1e-3 for a, b in zip(h.voxel_size, dmap.voxel_size)):
                     raise InputError(h.source, f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
                                      f"differs from the map's {dmap.shape[::-1]} at {dmap.voxel_size[0]:.3f} Å")
         from cryostack.validate.mapfit import map_model_fit
 
-        atoms = structure.atoms()
         idx = dmap.angstrom_to_voxel(atoms.coords)
         outside = float(np.any((idx < 0) | (idx > np.array(dmap.shape) - 1), axis=1).mean())
         if outside > MAX_OUTSIDE_FRACTION:
             raise InputError(name, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
                              f"({where}); is this the right map, and are origin and axis order right?")
-        result.map_model = map_model_fit(structure, dmap, resolution_A, half_maps=halves, compute_q=compute_q)
+        result.map_model = map_model_fit(structure, dmap, resolution_A, half_maps=halves, compute_q=compute_q,
+                                         atoms=atoms, stages=stages)
         if outside > 0:
             result.notes.append(f"{100 * outside:.1f}% of atoms lie outside the map box")
 
     from cryostack.validate.geometry import geometry
 
-    result.geometry = geometry(structure)
+    with stage(stages, "geometry and clashes"):
+        result.geometry = geometry(structure)
     if result.geometry.residues_without_dictionary:
         result.notes.append("no monomer-library entry for: " + ", ".join(result.geometry.residues_without_dictionary)
                             + " (left out of geometry scores)")
     if result.geometry.clashscore_method.startswith("heavy-atom"):
         result.notes.append("clashscore is heavy-atom based (no hydrogens in the model): lower than MolProbity's all-atom value")
 
-    has_protein = bool((structure.atoms().residue_class == PROTEIN).any())
+    has_protein = bool((atoms.residue_class == PROTEIN).any())
     if has_protein:
         from cryostack.validate.cbeta import cbeta_deviations
         from cryostack.validate.ramachandran import ramachandran
         from cryostack.validate.rotamers import rotamers
 
-        result.ramachandran = ramachandran(structure)
-        result.rotamer = rotamers(structure)
-        result.cbeta = cbeta_deviations(structure)
+        with stage(stages, "Ramachandran"):
+            result.ramachandran = ramachandran(structure)
+        with stage(stages, "rotamers"):
+            result.rotamer = rotamers(structure)
+        with stage(stages, "C-beta deviations"):
+            result.cbeta = cbeta_deviations(structure)
     else:
         result.notes.append("no protein residues: Ramachandran, rotamer and Cβ scores skipped")
 
     if reference is not None:
         from cryostack.validate.reference import compare_to_reference
 
-        ref = reference if isinstance(reference, Structure) else read_structure(reference)
-        result.reference = compare_to_reference(structure, ref)
+        with stage(stages, "read inputs"):
+            ref = reference if isinstance(reference, Structure) else read_structure(reference)
+        with stage(stages, "versus reference"):
+            result.reference = compare_to_reference(structure, ref)
         result.notes.extend(f"reference: {n}" for n in getattr(result.reference, "notes", []))
     return result

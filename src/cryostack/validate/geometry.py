@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gemmi
 import numpy as np
+from scipy import sparse
 from scipy.spatial import cKDTree
 
 from cryostack.io.models import Structure
@@ -181,8 +182,9 @@ def geometry(structure: Structure) -> GeometryResult:
 
 
 def _key(atom: gemmi.Atom) -> tuple:
+    # Topology atoms are copies of the structure's atoms, so their coordinates compare exactly.
     p = atom.pos
-    return (atom.name, atom.altloc, round(p.x, 3), round(p.y, 3), round(p.z, 3))
+    return (atom.name, atom.altloc, p.x, p.y, p.z)
 
 
 def _peptide_omega(st: gemmi.Structure) -> tuple[list[dict], list[dict]]:
@@ -220,47 +222,49 @@ def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[
     index = {_key(a): i for i, a in enumerate(atoms)}
     xyz = np.array([a.pos.tolist() for a in atoms])
     elem = [a.element.name.upper() for a in atoms]
+    elem_arr = np.array(elem)
     radii = np.array([VDW_RADII_A.get(e, 1.8) for e in elem])
 
     # Bond graph from the topology; pairs within three bonds are excluded.
-    nbrs: list[set[int]] = [set() for _ in atoms]
+    bi, bj = [], []
     for b in topo.bonds:
         i, j = index.get(_key(b.atoms[0])), index.get(_key(b.atoms[1]))
         if i is not None and j is not None:
-            nbrs[i].add(j)
-            nbrs[j].add(i)
+            bi.append(i)
+            bj.append(j)
 
     tree = cKDTree(xyz)
     pairs = tree.query_pairs(r=2 * radii.max() - CLASH_OVERLAP_A, output_type="ndarray")
+    p1, p2 = pairs[:, 0], pairs[:, 1]
+    d = np.linalg.norm(xyz[p1] - xyz[p2], axis=1)
+    overlap = radii[p1] + radii[p2] - d
+    polar = np.isin(elem_arr, list(HBOND_ELEMENTS))
+    hbond = polar[p1] & polar[p2] & (d >= HBOND_MIN_DISTANCE_A)  # a plausible hydrogen bond, not a clash
+    keep = (overlap >= CLASH_OVERLAP_A) & ~hbond
+    keep[keep] = ~_within_bonds(bi, bj, len(atoms), p1[keep], p2[keep], 3)
     clashes = []
-    for i, j in pairs:
-        d = float(np.linalg.norm(xyz[i] - xyz[j]))
-        overlap = radii[i] + radii[j] - d
-        if overlap < CLASH_OVERLAP_A:
-            continue
-        if elem[i] in HBOND_ELEMENTS and elem[j] in HBOND_ELEMENTS and d >= HBOND_MIN_DISTANCE_A:
-            continue  # a plausible hydrogen bond, not a clash
-        if j in nbrs[i] or _within_bonds(nbrs, i, j, 3):
-            continue
+    for i, j, dist, ov in zip(p1[keep], p2[keep], d[keep], overlap[keep]):
         ci, ri = info[i]
         cj, rj = info[j]
         clashes.append(
             {
                 "atom1": _atom_ref(atoms[i], ri, ci),
                 "atom2": _atom_ref(atoms[j], rj, cj),
-                "distance_A": round(d, 2),
-                "overlap_A": round(float(overlap), 2),
+                "distance_A": round(float(dist), 2),
+                "overlap_A": round(float(ov), 2),
             }
         )
     clashes.sort(key=lambda c: -c["overlap_A"])
     return 1000.0 * len(clashes) / len(atoms), clashes, method
 
 
-def _within_bonds(nbrs: list[set[int]], i: int, j: int, depth: int) -> bool:
-    frontier, seen = {i}, {i}
-    for _ in range(depth):
-        frontier = {k for f in frontier for k in nbrs[f]} - seen
-        if j in frontier:
-            return True
-        seen |= frontier
-    return False
+def _within_bonds(bond_i: list[int], bond_j: list[int], n_atoms: int, i: np.ndarray, j: np.ndarray, depth: int) -> np.ndarray:
+    """Whether atoms ``i[k]`` and ``j[k]`` are joined by a path of at most ``depth`` bonds."""
+    adj = sparse.coo_matrix((np.ones(2 * len(bond_i)), (bond_i + bond_j, bond_j + bond_i)), shape=(n_atoms, n_atoms)).tocsr()
+    adj.data[:] = 1.0
+    reach, walk = adj.copy(), adj
+    for _ in range(depth - 1):
+        walk = walk @ adj
+        walk.data[:] = 1.0  # only connectivity matters; keeps the counts from growing
+        reach = reach + walk
+    return np.asarray(reach[i, j]).ravel() > 0

@@ -20,13 +20,16 @@ Q-score follows Pintilie et al., Nat. Methods 17 (2020) 328–334.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
+import scipy.fft
 import torch
 from scipy.integrate import trapezoid
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 from cryostack.density.fourier import frequency_squared
@@ -34,6 +37,7 @@ from cryostack.density.metrics import correlation
 from cryostack.density.simulate import simulate_density
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, AtomArrays, Structure
+from cryostack.validate.stages import Stages, stage
 
 _MAIN_CHAIN = {"N", "CA", "C", "O"}
 _NUCLEIC_BACKBONE = {"P", "OP1", "OP2", "OP3", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'"}
@@ -53,69 +57,127 @@ def model_map(structure_atoms: AtomArrays, density: DensityMap, resolution_A: fl
     heavy = ~structure_atoms.is_hydrogen
     vmax = max(density.voxel_size)
     blur_A2 = 110.0 * vmax**2  # aliasing at Nyquist below 1e-3 of the peak
-    m = simulate_density(
-        torch.as_tensor(structure_atoms.coords[heavy]),
-        torch.as_tensor(structure_atoms.atomic_numbers[heavy]),
-        density.grid,
-        b_factors=torch.as_tensor(structure_atoms.b_factors[heavy]) + blur_A2,
-        occupancies=torch.as_tensor(structure_atoms.occupancies[heavy]),
-    ).numpy()
+    with _torch_threads(1):
+        m = simulate_density(
+            torch.as_tensor(structure_atoms.coords[heavy]),
+            torch.as_tensor(structure_atoms.atomic_numbers[heavy]),
+            density.grid,
+            b_factors=torch.as_tensor(structure_atoms.b_factors[heavy]) + blur_A2,
+            occupancies=torch.as_tensor(structure_atoms.occupancies[heavy]),
+        ).numpy()
     s2 = frequency_squared(density.shape, density.voxel_size)
     weight = np.where(s2 <= 1.0 / resolution_A**2, np.exp(blur_A2 * s2 / 4.0), 0.0)
-    f = np.fft.rfftn(m.astype(np.float64)) * weight
-    return np.fft.irfftn(f, s=density.shape, axes=(0, 1, 2)).astype(np.float32)
+    f = scipy.fft.rfftn(m.astype(np.float64), workers=-1) * weight
+    return scipy.fft.irfftn(f, s=density.shape, axes=(0, 1, 2), workers=-1).astype(np.float32)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch CPU ops on ``n`` threads inside the block.
+
+    The simulator's many small kernels gain little from a second thread, and when other jobs
+    share the cores its busy-waiting thread pool made the model map 5–8× slower (measured on
+    the 2-core machine: 2.6 s on one thread against 11–19 s on two). Results are identical.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def molecular_mask(atoms: AtomArrays, density: DensityMap) -> np.ndarray:
     """Bulk-solvent-style molecular mask (boolean ``[z, y, x]``).
 
     A point is solvent if it lies farther than (van der Waals radius + 1.1 Å) from every atom;
-    the molecule is what stays more than 0.9 Å from all solvent points. Only the box around
-    the atoms is computed; everything beyond it is solvent.
+    the molecule is what stays more than 0.9 Å from all solvent points.
     """
     heavy = ~atoms.is_hydrogen
     coords = atoms.coords[heavy].astype(np.float64)
     radii = np.array([gemmi.Element(e).vdw_r for e in np.asarray(atoms.elements, dtype=object)[heavy]])
-    reach = radii.max() + SOLVENT_RADIUS_A
-    lo, hi = _subbox(density, coords, reach + 2 * max(density.voxel_size))
-    sub_shape = tuple(hi - lo)
-    pts = density.voxel_to_angstrom((np.indices(sub_shape).reshape(3, -1) + lo[:, None]).T)
-    dist, idx = cKDTree(coords).query(pts, k=8, distance_upper_bound=reach, workers=-1)
-    surface = np.where(np.isfinite(dist), dist - radii[np.minimum(idx, len(radii) - 1)], np.inf)
-    solvent = (surface.min(axis=1) > SOLVENT_RADIUS_A).reshape(sub_shape)
-    to_solvent = distance_transform_edt(~solvent, sampling=density.voxel_size[::-1])
+    not_solvent = np.zeros(density.shape, dtype=bool)
+    flat = not_solvent.ravel()
+    for r in np.unique(radii):
+        flat[sphere_points(coords[radii == r], float(r) + SOLVENT_RADIUS_A, density)[1]] = True
+    if not flat.any():
+        return not_solvent
+    # "More than 0.9 Å from every solvent point" is an erosion by the ball of grid offsets within
+    # 0.9 Å (distances as the Euclidean distance transform measures them); outside the map
+    # counts as molecule, as it does for that transform.
+    vox = np.asarray(density.voxel_size[::-1], dtype=np.float64)  # z, y, x
+    h = np.floor(SHRINK_RADIUS_A / vox).astype(int)
+    grid = np.indices(tuple(2 * h + 1)).reshape(3, -1).T - h
+    ball = (np.sqrt(((grid * vox) ** 2).sum(axis=1)) <= SHRINK_RADIUS_A).reshape(tuple(2 * h + 1))
+    where = np.nonzero(not_solvent)
+    lo = np.maximum(np.array([w.min() for w in where]) - h - 1, 0)
+    hi = np.minimum(np.array([w.max() for w in where]) + h + 2, density.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
     out = np.zeros(density.shape, dtype=bool)
-    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = (~solvent) & (to_solvent > SHRINK_RADIUS_A)
+    out[box] = binary_erosion(not_solvent[box], structure=ball, border_value=1)
     return out
 
 
-def _subbox(density: DensityMap, coords: np.ndarray, margin_A: float) -> tuple[np.ndarray, np.ndarray]:
-    """``[z, y, x]`` index bounds (lo inclusive, hi exclusive) of the atoms' box plus a margin, clipped."""
-    lo = np.floor(density.angstrom_to_voxel(coords.min(axis=0) - margin_A)).astype(int)
-    hi = np.ceil(density.angstrom_to_voxel(coords.max(axis=0) + margin_A)).astype(int) + 1
-    return np.clip(lo, 0, density.shape), np.clip(hi, 0, density.shape)
+def sphere_points(
+    coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid points within ``radius_A`` of each atom, as pairs.
 
-
-def sphere_mask(coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 2048) -> np.ndarray:
-    """Boolean ``[z, y, x]`` mask of grid points within ``radius_A`` of any of ``coords`` ``(N, 3)``."""
-    out = np.zeros(density.shape, dtype=bool)
-    if len(coords) == 0:
-        return out
-    vox = np.asarray(density.voxel_size)
+    Returns ``(atom, voxel)``: the row of ``coords`` ``(N, 3)`` Å and the flat ``[z, y, x]`` index
+    of every grid point inside the map within ``radius_A`` of that atom, grouped by atom in
+    input order. One small offset stencil is reused for every atom, so the cost grows with the
+    number of atoms, not with the map.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    vox = np.asarray(density.voxel_size, dtype=np.float64)
     h = np.ceil(radius_A / vox).astype(int) + 1  # x, y, z
     off = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in h[::-1]], indexing="ij"), -1).reshape(-1, 3)  # z, y, x
+    off_A = off[:, ::-1] * vox  # x, y, z
+    # An atom lies within half a voxel of its nearest grid point along each axis.
+    keep = np.linalg.norm(off_A, axis=1) <= radius_A + 0.5 * np.linalg.norm(vox) + 1e-6
+    off, off_A = off[keep], off_A[keep]
     shape = np.array(density.shape)
-    off_A = (off[:, ::-1] * vox).astype(np.float32)  # (K, 3) x, y, z
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    off_flat = off @ strides
+    r2 = radius_A**2
+    atoms_out, voxels_out = [], []
     for s0 in range(0, len(coords), chunk):
-        c = coords[s0 : s0 + chunk].astype(np.float64)
-        base = np.rint(density.angstrom_to_voxel(c)).astype(int)  # (m, 3) z, y, x
-        delta = (c - density.voxel_to_angstrom(base)).astype(np.float32)  # atom relative to its voxel
-        d2 = ((off_A[None] - delta[:, None, :]) ** 2).sum(-1)  # (m, K)
-        idx = base[:, None, :] + off[None]  # (m, K, 3)
-        near = (d2 <= radius_A**2) & np.all((idx >= 0) & (idx < shape), axis=-1)
-        z, y, x = idx[near].T
-        out[z, y, x] = True
+        c = coords[s0 : s0 + chunk]
+        base = np.rint(density.angstrom_to_voxel(c)).astype(np.int64)  # (m, 3) z, y, x
+        delta = c - density.voxel_to_angstrom(base)  # atom relative to its voxel, x, y, z
+        # Squared distances summed axis by axis (x, y, z), without (m, K, 3) temporaries.
+        d2 = (off_A[None, :, 0] - delta[:, 0, None]) ** 2
+        d2 += (off_A[None, :, 1] - delta[:, 1, None]) ** 2
+        d2 += (off_A[None, :, 2] - delta[:, 2, None]) ** 2
+        near = d2 <= r2
+        # Only atoms whose stencil reaches past the map's edge need the per-axis bounds check.
+        edge = np.nonzero(np.any((base - h[::-1] < 0) | (base + h[::-1] >= shape), axis=1))[0]
+        for ax in range(3):
+            i = base[edge, ax, None] + off[None, :, ax]
+            near[edge] &= (i >= 0) & (i < shape[ax])
+        rows, cols = np.nonzero(near)
+        atoms_out.append(rows + s0)
+        voxels_out.append((base @ strides)[rows] + off_flat[cols])
+    if not atoms_out:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(atoms_out), np.concatenate(voxels_out)
+
+
+def sphere_mask(coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 4096) -> np.ndarray:
+    """Boolean ``[z, y, x]`` mask of grid points within ``radius_A`` of any of ``coords`` ``(N, 3)``."""
+    out = np.zeros(density.shape, dtype=bool)
+    out.ravel()[sphere_points(coords, radius_A, density, chunk)[1]] = True
     return out
+
+
+def _voxels_by_group(
+    group_of_pair: np.ndarray, voxels: np.ndarray, n_voxels: int, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct voxels of each of ``n_groups`` groups, ascending: ``(starts, voxels)`` with group
+    ``g``'s voxels at ``voxels[starts[g]:starts[g + 1]]``; ``group_of_pair`` gives each pair's group."""
+    key = np.unique(group_of_pair.astype(np.int64) * n_voxels + voxels)
+    starts = np.searchsorted(key, np.arange(n_groups + 1, dtype=np.int64) * n_voxels)
+    return starts, key % n_voxels
 
 
 def atom_radius_for_cc(resolution_A: float, mean_b_A2: float) -> float:
@@ -146,7 +208,7 @@ def image_radius(resolution_A: float, b_iso_A2: float, element: str = "C") -> fl
 
 def _cc(a: np.ndarray, b: np.ndarray) -> float | None:
     """Correlation, or ``None`` where it is undefined (fewer than 2 points, a flat map)."""
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return correlation(a, b)
 
@@ -167,8 +229,8 @@ def fsc_curve(map1: np.ndarray, map2: np.ndarray, voxel_size: tuple[float, float
     Shells are ``1 / (box edge)`` wide along the longest box edge, up to Nyquist of the
     coarsest axis, so anisotropic voxels and non-cubic boxes are handled in 1/Å.
     """
-    f1 = np.fft.rfftn(map1.astype(np.float64))
-    f2 = np.fft.rfftn(map2.astype(np.float64))
+    f1 = scipy.fft.rfftn(map1.astype(np.float64), workers=-1)
+    f2 = scipy.fft.rfftn(map2.astype(np.float64), workers=-1)
     s = np.sqrt(frequency_squared(map1.shape, voxel_size))
     extent = max(n * v for n, v in zip(map1.shape[::-1], voxel_size))
     width = 1.0 / extent
@@ -236,43 +298,54 @@ def q_scores(
 
     mean, sd = float(density.data.mean()), float(density.data.std())
     a_ref, b_ref = mean + 10 * sd, mean - sd
-    tree = cKDTree(xyz)
-    neighbours = tree.query_ball_point(xyz, r=2 * radius_max_A + 0.1, workers=-1)
-    max_nb = max(len(nb) for nb in neighbours)
-    nb_idx = np.full((n, max_nb), -1, dtype=np.int64)
-    for i, nb in enumerate(neighbours):
-        nb_idx[i, : len(nb)] = nb
+    # Ordered pairs of distinct atoms (i, j) near enough that j can be closer than r_max to a
+    # point on a shell of i: |x_i - x_j| < 2 r_max.
+    pairs = cKDTree(xyz).query_pairs(2 * radius_max_A + 0.1, output_type="ndarray")
+    pair_i = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    pair_j = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    d_ij = (xyz[pair_i].astype(np.float64) - xyz[pair_j]).astype(np.float32)
+    d2_ij = (d_ij**2).sum(axis=1)
 
-    u_all = [density.interpolate(xyz)[:, None].repeat(points_per_shell, axis=1)]  # r = 0
-    v_all = [np.full((n, points_per_shell), a_ref + b_ref)]
-    w_all = [np.ones((n, points_per_shell), dtype=bool)]
-    chunk = 4096
-    for r in radii:
+    n_shells = len(radii) + 1
+    # Samples laid out as (atom, shell, slot); the k-th slot of a shell holds the k-th valid
+    # candidate (in candidate order); unused slots have weight 0 and value 0.
+    u = np.zeros((n, n_shells, points_per_shell))
+    w = np.zeros((n, n_shells, points_per_shell), dtype=bool)
+    v = np.empty((n, n_shells, points_per_shell))
+    u[:, 0, :] = density.interpolate(xyz)[:, None]  # r = 0
+    w[:, 0, :] = True
+    v[:, 0, :] = a_ref + b_ref
+    rows, shells, slots, where = [], [], [], []
+    for s_i, r in enumerate(radii, start=1):
         rot = _random_rotation(rng)
         dirs = (sphere @ rot.T * r).astype(np.float32)  # (C, 3)
-        u_r = np.zeros((n, points_per_shell))
-        w_r = np.zeros((n, points_per_shell), dtype=bool)
-        for s0 in range(0, n, chunk):
-            sl = slice(s0, min(n, s0 + chunk))
-            pts = xyz[sl, None, :] + dirs[None]  # (m, C, 3)
-            nb = nb_idx[sl]  # (m, K)
-            nb_xyz = np.where(nb[..., None] >= 0, xyz[np.maximum(nb, 0)], np.inf)  # (m, K, 3)
-            d_nb = np.linalg.norm(pts[:, :, None, :] - nb_xyz[:, None, :, :], axis=-1)  # (m, C, K)
-            self_mask = nb[:, None, :] == np.arange(sl.start, sl.stop)[:, None, None]
-            d_nb = np.where(self_mask, np.inf, d_nb)
-            ok = (d_nb.min(axis=2) >= r)  # closer to this atom than to any other
-            # Take the first points_per_shell valid candidates.
-            order = np.argsort(~ok, axis=1, kind="stable")[:, :points_per_shell]
-            chosen_ok = np.take_along_axis(ok, order, axis=1)
-            chosen = np.take_along_axis(pts, order[..., None], axis=1)  # (m, P, 3)
-            vals = density.interpolate(chosen.reshape(-1, 3)).reshape(chosen.shape[:2])
-            u_r[sl], w_r[sl] = vals, chosen_ok
-        u_all.append(u_r)
-        v_all.append(np.full((n, points_per_shell), a_ref * math.exp(-(r**2) / (2 * sigma_ref_A**2)) + b_ref))
-        w_all.append(w_r)
-    u = np.concatenate(u_all, axis=1)
-    v = np.concatenate(v_all, axis=1)
-    w = np.concatenate(w_all, axis=1).astype(np.float64)
+        # A candidate x_i + v is closer to atom j than r when |x_i - x_j + v|² - r² < 0, i.e.
+        # |d|² + 2 d·v < 0 with d = x_i - x_j. Pairs near that bound are re-measured exactly as
+        # the points are stored (float32), so rounding decides nothing here.
+        near = np.nonzero(d2_ij < (2 * r + 0.1) ** 2)[0]  # farther pairs: |d|² + 2 d·v ≥ 0.1 |d| > 0.02 Å²
+        d = d_ij[near]
+        excess = d[:, 0, None] * dirs[:, 0]  # (P, C) Å², float32: the 0.01 Å² margin dwarfs its rounding
+        excess += d[:, 1, None] * dirs[:, 1]
+        excess += d[:, 2, None] * dirs[:, 2]
+        excess *= 2.0
+        excess += d2_ij[near, None]
+        p_idx, c_idx = np.nonzero(excess < 0.01)
+        i, j = pair_i[near[p_idx]], pair_j[near[p_idx]]
+        closer = np.linalg.norm((xyz[i] + dirs[c_idx]) - xyz[j], axis=-1) < r
+        ok = np.ones((n, candidates_per_shell), dtype=bool)
+        ok[i[closer], c_idx[closer]] = False
+        # The first points_per_shell valid candidates of each atom fill its slots in order.
+        rank = np.cumsum(ok, axis=1) - 1
+        a_idx, c_sel = np.nonzero(ok & (rank < points_per_shell))
+        rows.append(a_idx)
+        shells.append(np.full(a_idx.size, s_i))
+        slots.append(rank[a_idx, c_sel])
+        where.append(xyz[a_idx] + dirs[c_sel])
+        v[:, s_i, :] = a_ref * math.exp(-(r**2) / (2 * sigma_ref_A**2)) + b_ref
+    rows, shells, slots = np.concatenate(rows), np.concatenate(shells), np.concatenate(slots)
+    u[rows, shells, slots] = density.interpolate(np.concatenate(where))
+    w[rows, shells, slots] = True
+    u, v, w = u.reshape(n, -1), v.reshape(n, -1), w.reshape(n, -1).astype(np.float64)
     cnt = w.sum(axis=1)
     um = (u * w).sum(axis=1) / cnt
     vm = (v * w).sum(axis=1) / cnt
@@ -353,53 +426,77 @@ def map_model_fit(
     *,
     half_maps: tuple[DensityMap, DensityMap] | None = None,
     compute_q: bool = True,
+    atoms: AtomArrays | None = None,
+    stages: Stages | None = None,
 ) -> MapModelFit:
-    """All map–model fit numbers for ``structure`` in ``density`` at ``resolution_A``."""
-    atoms = structure.atoms()
+    """All map–model fit numbers for ``structure`` in ``density`` at ``resolution_A``.
+
+    ``atoms`` may pass ``structure.atoms()`` when the caller already has it; ``stages``
+    records the time of each step.
+    """
+    atoms = structure.atoms() if atoms is None else atoms
     heavy = ~atoms.is_hydrogen
-    mcalc = model_map(atoms, density, resolution_A)
+    with stage(stages, "model map"):
+        mcalc = model_map(atoms, density, resolution_A)
     mobs = density.data
     flat_obs, flat_calc = mobs.ravel(), mcalc.ravel()
 
-    mask = molecular_mask(atoms, density).ravel()
-    n_inside = int(mask.sum())
-    cc_mask = _cc(flat_obs[mask], flat_calc[mask])
-    cc_box = _cc(flat_obs, flat_calc)
-    sel_v = _top_n(flat_calc, n_inside)
-    cc_volume = _cc(flat_obs[sel_v], flat_calc[sel_v])
-    sel_p = sel_v | _top_n(flat_obs, n_inside)
-    cc_peaks = _cc(flat_obs[sel_p], flat_calc[sel_p])
+    with stage(stages, "molecular mask"):
+        mask = molecular_mask(atoms, density).ravel()
+    with stage(stages, "CC mask/box/volume/peaks"):
+        n_inside = int(mask.sum())
+        cc_mask = _cc(flat_obs[mask], flat_calc[mask])
+        cc_box = _cc(flat_obs, flat_calc)
+        sel_v = _top_n(flat_calc, n_inside)
+        cc_volume = _cc(flat_obs[sel_v], flat_calc[sel_v])
+        sel_p = sel_v | _top_n(flat_obs, n_inside)
+        cc_peaks = _cc(flat_obs[sel_p], flat_calc[sel_p])
+        del sel_v, sel_p, mask
+    with stage(stages, "Q-score"):
+        q = q_scores(atoms, density) if compute_q else np.full(atoms.n_atoms, np.nan)
+    with stage(stages, "local CCs"):
+        radius = atom_radius_for_cc(resolution_A, float(atoms.b_factors[heavy].mean()))
+        names = np.asarray(atoms.atom_names, dtype=object)
+        rclass = atoms.residue_class[atoms.residue_index]
+        is_protein = rclass == PROTEIN
+        is_nucleic = np.isin(rclass, (DNA, RNA))
+        main = heavy & ((is_protein & np.isin(names, list(_MAIN_CHAIN))) | (is_nucleic & np.isin(names, list(_NUCLEIC_BACKBONE))))
+        side = heavy & (is_protein | is_nucleic) & ~main
 
-    radius = atom_radius_for_cc(resolution_A, float(atoms.b_factors[heavy].mean()))
-    names = np.asarray(atoms.atom_names, dtype=object)
-    rclass = atoms.residue_class[atoms.residue_index]
-    is_protein = rclass == PROTEIN
-    is_nucleic = np.isin(rclass, (DNA, RNA))
-    main = heavy & ((is_protein & np.isin(names, list(_MAIN_CHAIN))) | (is_nucleic & np.isin(names, list(_NUCLEIC_BACKBONE))))
-    side = heavy & (is_protein | is_nucleic) & ~main
+        # Grid points near each heavy atom, found once and shared by every local CC and the FSC mask.
+        heavy_rows = np.nonzero(heavy)[0]
+        pair_atom, pair_voxel = sphere_points(atoms.coords[heavy_rows], radius, density)
+        pair_atom = heavy_rows[pair_atom]
+        n_vox = flat_obs.size
 
-    def local_cc(sel: np.ndarray) -> float | None:
-        m = sphere_mask(atoms.coords[sel], radius, density).ravel()
-        return _cc(flat_obs[m], flat_calc[m]) if m.any() else None
+        def near_atoms(sel: np.ndarray) -> np.ndarray:
+            m = np.zeros(n_vox, dtype=bool)
+            m[pair_voxel[sel[pair_atom]]] = True
+            return m
 
-    cc_mc = local_cc(main) if main.any() else None
-    cc_sc = local_cc(side) if side.any() else None
+        def local_cc(voxels: np.ndarray) -> float | None:
+            return _cc(flat_obs[voxels], flat_calc[voxels])
 
-    q = q_scores(atoms, density) if compute_q else np.full(atoms.n_atoms, np.nan)
+        cc_mc = local_cc(near_atoms(main)) if main.any() else None
+        cc_sc = local_cc(near_atoms(side)) if side.any() else None
 
-    per_chain = []
-    for ci, cid in enumerate(atoms.chain_ids):
-        sel = heavy & (atoms.chain_index == ci)
-        if sel.any():
-            per_chain.append({"chain": cid, "cc": local_cc(sel), "q_score": _nanmean(q[sel]), "n_atoms": int(sel.sum())})
-    per_residue = _per_residue(atoms, heavy, density, mobs, mcalc, radius, q)
+        per_chain = []
+        starts, voxels = _voxels_by_group(atoms.chain_index[pair_atom], pair_voxel, n_vox, len(atoms.chain_ids))
+        for ci, cid in enumerate(atoms.chain_ids):
+            sel = heavy & (atoms.chain_index == ci)
+            if sel.any():
+                cc = local_cc(voxels[starts[ci] : starts[ci + 1]])
+                per_chain.append({"chain": cid, "cc": cc, "q_score": _nanmean(q[sel]), "n_atoms": int(sel.sum())})
+        starts, voxels = _voxels_by_group(atoms.residue_index[pair_atom], pair_voxel, n_vox, len(atoms.residue_names))
+        per_residue = _per_residue(atoms, heavy, q, [local_cc(voxels[a:b]) for a, b in zip(starts[:-1], starts[1:])])
 
-    # Map–model FSC within the atom-radius mask (phenix: both maps masked).
-    fmask = sphere_mask(atoms.coords[heavy], radius, density)
-    freq, fsc = fsc_curve(mobs * fmask, mcalc * fmask, density.voxel_size)
-    # Beyond the model map's resolution the model has no signal; report the curve up to it.
-    keep = freq <= 1.0 / resolution_A + 1e-9
-    fsc05 = fsc_resolution(freq[keep], fsc[keep], 0.5)
+    with stage(stages, "FSC"):
+        # Map–model FSC within the atom-radius mask (phenix: both maps masked).
+        fmask = near_atoms(heavy).reshape(density.shape)
+        freq, fsc = fsc_curve(mobs * fmask, mcalc * fmask, density.voxel_size)
+        # Beyond the model map's resolution the model has no signal; report the curve up to it.
+        keep = freq <= 1.0 / resolution_A + 1e-9
+        fsc05 = fsc_resolution(freq[keep], fsc[keep], 0.5)
 
     idx_all = density.angstrom_to_voxel(atoms.coords)
     outside = np.any((idx_all < 0) | (idx_all > np.array(density.shape) - 1), axis=1)
@@ -423,14 +520,15 @@ def map_model_fit(
     )
     if half_maps is not None:
         h1, h2 = half_maps
-        hf, hfsc = fsc_curve(h1.data, h2.data, h1.voxel_size)
+        with stage(stages, "half-map FSC"):
+            hf, hfsc = fsc_curve(h1.data, h2.data, h1.voxel_size)
         result.half_map_fsc_freq, result.half_map_fsc = hf, hfsc
         result.half_map_fsc0143_resolution = fsc_resolution(hf, hfsc, 0.143)
     return result
 
 
-def _per_residue(atoms, heavy, density, mobs, mcalc, radius, q) -> list[dict]:
-    """CC within ``radius`` of each residue's atoms (on a small local box) and mean Q-score."""
+def _per_residue(atoms: AtomArrays, heavy: np.ndarray, q: np.ndarray, ccs: list[float | None]) -> list[dict]:
+    """Per-residue records: local CC (given, one per residue) and mean Q-score of heavy atoms."""
     out = []
     order = np.argsort(atoms.residue_index, kind="stable")
     bounds = np.searchsorted(atoms.residue_index[order], np.arange(len(atoms.residue_names) + 1))
@@ -439,22 +537,13 @@ def _per_residue(atoms, heavy, density, mobs, mcalc, radius, q) -> list[dict]:
         ids = ids[heavy[ids]]
         if ids.size == 0:
             continue
-        c = atoms.coords[ids].astype(np.float64)
-        lo, hi = _subbox(density, c, radius + max(density.voxel_size))
-        cc = None
-        if np.all(hi > lo):
-            sub = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
-            pts = density.voxel_to_angstrom(sub)
-            near = (np.linalg.norm(pts[:, None, :] - c[None], axis=-1) <= radius).any(axis=1)
-            z, y, x = sub[near].T
-            cc = _cc(mobs[z, y, x], mcalc[z, y, x])
         out.append(
             {
                 "chain": atoms.chain_ids[atoms.residue_chain[ri]],
                 "number": int(atoms.residue_numbers[ri]),
                 "icode": atoms.insertion_codes[ri],
                 "name": atoms.residue_names[ri],
-                "cc": cc,
+                "cc": ccs[ri],
                 "q_score": _nanmean(q[ids]),
             }
         )

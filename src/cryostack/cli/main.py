@@ -19,23 +19,31 @@ app = typer.Typer(
 
 # Groups for the tools that build on the core; their commands arrive with each tool.
 GROUPS = {
-    "data": "Training corpora and simulated (map, model) datasets.",
     "particles": "Particle ranking, subset selection and reconstruction.",
     "enhance": "Map enhancement for 4–8 Å maps.",
     "build": "Atomic model building from a map and a sequence.",
-    "refine": "Model refinement against a map.",
 }
 for _name, _help in GROUPS.items():
     app.add_typer(typer.Typer(help=_help, no_args_is_help=True), name=_name)
 
 
+def _register_groups() -> None:
+    from cryostack.cli.data import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_groups()
+
+
 def _register() -> None:
-    from cryostack.cli import demo, info, simulate_map, validate
+    from cryostack.cli import demo, info, refine, simulate_map, validate
 
     app.command("info")(info.info)
     app.command("simulate-map")(simulate_map.simulate_map)
     app.command("validate")(validate.validate)
     app.command("demo")(demo.demo)
+    app.command("refine")(refine.refine)
 
 
 _register()

@@ -69,6 +69,28 @@ class RestraintSet:
             out[f.name] = v
         return RestraintSet(**out)
 
+    def involving(self, atoms: torch.Tensor) -> "RestraintSet":
+        """Only the restraints that involve at least one of ``atoms`` (bool ``(N,)``); same indexing."""
+        a = torch.as_tensor(atoms, dtype=torch.bool, device=self.bond_index.device)
+
+        def rows(index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            hit = a[index] if mask is None else a[index] & mask
+            return hit.any(dim=1) if index.numel() else torch.zeros(0, dtype=torch.bool, device=a.device)
+
+        ob, oa, op = rows(self.bond_index), rows(self.angle_index), rows(self.plane_index, self.plane_mask)
+        oc, ow = rows(self.chiral_index), rows(self.omega_index)
+        return RestraintSet(
+            n_atoms=self.n_atoms,
+            bond_index=self.bond_index[ob], bond_ideal_A=self.bond_ideal_A[ob], bond_esd_A=self.bond_esd_A[ob],
+            angle_index=self.angle_index[oa], angle_ideal_rad=self.angle_ideal_rad[oa],
+            angle_esd_rad=self.angle_esd_rad[oa],
+            plane_index=self.plane_index[op], plane_mask=self.plane_mask[op], plane_esd_A=self.plane_esd_A[op],
+            chiral_index=self.chiral_index[oc], chiral_ideal_A3=self.chiral_ideal_A3[oc],
+            omega_index=self.omega_index[ow], omega_ideal_rad=self.omega_ideal_rad[ow],
+            excluded_pairs=self.excluded_pairs,
+            residues_without_dictionary=list(self.residues_without_dictionary),
+        )  # fmt: skip
+
     def subset(self, keep: np.ndarray) -> "RestraintSet":
         """Restraints among the atoms ``keep`` (bool ``(N,)``), re-indexed to those atoms."""
         keep_t = torch.as_tensor(np.asarray(keep, dtype=bool))

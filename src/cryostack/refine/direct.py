@@ -1,6 +1,6 @@
 """Direct coordinate optimisation (the paper's baseline): Adam on the movable atoms' positions.
 
-Each recycle runs ``steps_per_recycle`` Adam steps; after each recycle the total loss is
+Each recycle runs ``steps_per_recycle`` Adam steps (the step shrinking from recycle to recycle); after each recycle the total loss is
 evaluated and the best coordinates so far are kept. Refinement stops after ``max_recycles`` or
 when the best loss has not improved by ``min_improvement`` (relative) for ``patience`` recycles.
 """
@@ -13,6 +13,10 @@ import torch
 
 from cryostack.refine.api import OPTIMIZERS, RecycleRecord, RefineConfig, RefineResult, terms_as_floats
 from cryostack.refine.objective import RefinementObjective
+
+
+#: Adam's step shrinks by this factor each recycle.
+LR_DECAY = 0.7
 
 
 def optimize_direct(objective: RefinementObjective, config: RefineConfig, progress=None) -> RefineResult:
@@ -37,6 +41,9 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
         progress(0, float(loss), history[0].terms, history[0].cc)
     stale = 0
     for recycle in range(1, config.max_recycles + 1):
+        # Later recycles take smaller steps: large moves first, then settle the geometry.
+        for group in opt.param_groups:
+            group["lr"] = config.lr * LR_DECAY ** (recycle - 1)
         for _ in range(config.steps_per_recycle):
             opt.zero_grad(set_to_none=True)
             loss, _ = objective(coords())

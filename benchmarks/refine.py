@@ -1,0 +1,342 @@
+"""Refinement benchmark: our optimisers (direct, diffusion when registered) and servalcat side by side.
+
+Cases
+-----
+* real: the three ``../shared/data/maps/cryonet_refine_boxed`` maps from their AlphaFold3 starting
+  models (benchmark use only: nothing of them enters the repository), and the spike NTD
+  (EMD-21457 / 6VYB, 3.2 Å) and F-actin (EMD-5168 / 3MFP, 6.6 Å) maps from perturbed deposited
+  models (noise 0.3 Å per axis plus a 1.5 Å rigid shift, seeded).
+* simulated: test-split chains of a cryostack corpus with full atoms; the truth's map simulated
+  at 3, 4.5 and 6 Å with Gaussian noise (SNR 3 in the molecule's box), starting models perturbed
+  with coordinate noise (0.3 Å per axis) and rigid shifts of 2–5 Å of two spatial halves.
+
+Every (case, method) runs in its own process so that wall time and peak memory (max RSS of the
+process and the children it starts) are its own. Finished runs are cached as JSON under
+``--work`` and skipped on a rerun, so an interrupted benchmark resumes. The summary goes to
+``benchmarks/results/refine_cpu.json`` with machine, date and git commit.
+
+    .venv/bin/python benchmarks/refine.py [--cases real,sim] [--methods direct,diffusion,servalcat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "refine_cpu.json"
+SIM_RESOLUTIONS_A = (3.0, 4.5, 6.0)
+REAL = {
+    # name: (map, model, resolution Å, perturb?, reference model for RMSD/lDDT)
+    "4uft": ("maps/cryonet_refine_boxed/4uft.mrc", "maps/cryonet_refine_boxed/4uft_af3.cif", None, False, None),
+    "6ksw": ("maps/cryonet_refine_boxed/6ksw.mrc", "maps/cryonet_refine_boxed/6ksw_af3.cif", None, False, None),
+    "6vrc": ("maps/cryonet_refine_boxed/6vrc.mrc", "maps/cryonet_refine_boxed/6vrc_af3.cif", None, False, None),
+    "spike_ntd": ("maps/emd_21457_spike_ntd_segment/emd_21457_seg.mrc", "maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb", 3.2, True, "truth"),
+    "factin": ("maps/emd_5168_factin/emd_5168_monomer.mrc", "maps/emd_5168_factin/3MFP.pdb", 6.6, True, "truth"),
+}
+#: Reported resolutions of the CryoNet.Refine example maps (EMDB entries), Å.
+REAL_RESOLUTION_A = {"4uft": 3.3, "6ksw": 3.6, "6vrc": 3.1}
+
+
+# -- case preparation (deterministic) ------------------------------------------------------------
+def perturb(structure, noise_A: float, shift_A, seed: int, halves_shift_A: tuple[float, float] | None = None):
+    """Polymer atoms displaced by Gaussian noise, a rigid shift, and optionally rigid shifts of two
+    spatial halves (split on the longest axis) of a random size in ``halves_shift_A`` Å."""
+    arr = structure.atoms()
+    rng = np.random.default_rng(seed)
+    x = arr.coords.astype(np.float64).copy()
+    move = arr.is_polymer
+    x[move] += rng.normal(0, noise_A, (int(move.sum()), 3)) + np.asarray(shift_A)
+    if halves_shift_A is not None:
+        centred = x - x[move].mean(0)
+        axis = np.argmax(np.ptp(x[move], axis=0))
+        res_side = np.zeros(len(arr.residue_names), dtype=bool)
+        res_mean = np.zeros(len(arr.residue_names))
+        np.add.at(res_mean, arr.residue_index, centred[:, axis])
+        res_side = res_mean > 0
+        for side in (False, True):
+            sel = move & (res_side[arr.residue_index] == side)
+            d = rng.normal(size=3)
+            x[sel] += d / np.linalg.norm(d) * rng.uniform(*halves_shift_A)
+    return structure.with_coordinates(x)
+
+
+def prepare(case: str, work: Path) -> dict:
+    """Files of one case: ``{"map", "model", "resolution_A", "truth"}`` (paths), written under ``work``."""
+    from cryostack.density.simulate import grid_around_atoms, simulate_model_map
+    from cryostack.io.maps import DensityMap, write_map
+    from cryostack.io.models import read_structure
+
+    d = work / "cases" / case
+    d.mkdir(parents=True, exist_ok=True)
+    meta = d / "case.json"
+    if meta.exists():
+        return json.loads(meta.read_text())
+    if case in REAL:
+        map_rel, model_rel, res, do_perturb, ref = REAL[case]
+        res = res or REAL_RESOLUTION_A[case]
+        model = read_structure(SHARED / model_rel)
+        info = {"kind": "real", "map": str(SHARED / map_rel), "resolution_A": res, "truth": None,
+                "n_residues": len(model.atoms().residue_names)}
+        if do_perturb:
+            start = perturb(model, 0.3, (0.9, -0.9, 0.7), seed=0)
+            info["model"] = str(start.write(d / "start.pdb"))
+            info["truth"] = str(SHARED / model_rel)
+        else:
+            info["model"] = str(SHARED / model_rel)
+    else:  # sim:<corpus index>:<resolution>
+        from cryostack.data.corpus import Corpus
+
+        _, corpus_root, idx, res = case.split(":")
+        res = float(res)
+        truth = Corpus(corpus_root).structure(int(idx), allow_test=True)
+        truth_path = truth.write(d / "truth.pdb")
+        grid = grid_around_atoms(truth.atoms().coords, min(1.0, res / 3.0), margin_A=10.0)
+        data = simulate_model_map(truth, grid, res, use_b_factors=False)
+        rng = np.random.default_rng(int(idx))
+        signal = data[data > 0.05 * data.max()].std()
+        data = data + rng.normal(0, signal / 3.0, data.shape).astype(np.float32)
+        map_path = write_map(DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin),
+                             d / "map.mrc")
+        start = perturb(truth, 0.3, (0, 0, 0), seed=int(idx), halves_shift_A=(2.0, 5.0))
+        info = {"kind": "simulated", "map": str(map_path), "resolution_A": res, "truth": str(truth_path),
+                "model": str(start.write(d / "start.pdb")), "n_residues": len(truth.atoms().residue_names)}
+    meta.write_text(json.dumps(info, indent=2))
+    return info
+
+
+# -- one run (in its own process) -----------------------------------------------------------------
+def metrics(model_path: str, info: dict) -> dict:
+    from cryostack.io.models import read_structure
+    from cryostack.validate.api import validate
+
+    model = read_structure(model_path)
+    ref = read_structure(info["truth"]) if info.get("truth") else None
+    v = validate(model, density=info["map"], resolution_A=info["resolution_A"], reference=ref, compute_q=False).to_dict()
+    mm, g = v["map_model"], v["geometry"]
+    out = {
+        "cc_mask": mm.get("cc_mask"), "cc_box": mm.get("cc_box"), "cc_mc": mm.get("cc_mc"), "cc_sc": mm.get("cc_sc"),
+        "cc_peaks": mm.get("cc_peaks"), "cc_volume": mm.get("cc_volume"),
+        "bond_rmsd_A": g.get("bond_rmsd"), "angle_rmsd_deg": g.get("angle_rmsd"),
+        "rama_favored_pct": (g.get("ramachandran") or {}).get("favored_pct"),
+        "rama_outlier_pct": (g.get("ramachandran") or {}).get("outlier_pct"),
+        "rotamer_outlier_pct": (g.get("rotamer") or {}).get("outlier_pct"),
+        "cbeta_deviations": g.get("cbeta_deviations"), "clashscore": g.get("clashscore"),
+    }
+    if ref is not None:
+        r = v["reference"] or {}
+        out["lddt_to_truth"] = r.get("lddt")
+        a, b = model.atoms(), ref.atoms()
+        key = lambda arr, i: (arr.chain_ids[arr.chain_index[i]], int(arr.residue_numbers[arr.residue_index[i]]), arr.atom_names[i])  # noqa: E731
+        where = {key(b, i): i for i in range(b.n_atoms)}
+        pairs = [(i, where[key(a, i)]) for i in range(a.n_atoms) if key(a, i) in where]
+        ia, ib = np.array(pairs).T
+        out["rmsd_to_truth_A"] = float(np.sqrt(((a.coords[ia] - b.coords[ib]) ** 2).sum(1).mean()))
+    return out
+
+
+def run_one(case: str, method: str, work: Path) -> dict:
+    info = prepare(case, work)
+    out_dir = work / "runs" / f"{_slug(case)}__{method}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    extra = {}
+    if method == "input":
+        model_out = info["model"]
+    elif method == "servalcat":
+        monlib = _monlib()
+        cmd = ["servalcat", "refine_spa_norefmac", "--map", info["map"], "--model", info["model"],
+               "-d", str(info["resolution_A"]), "--monlib", str(monlib), "-o", "refined", "--ncycle", "10"]
+        exe = Path(sys.executable).parent / "servalcat"
+        cmd[0] = str(exe) if exe.exists() else cmd[0]
+        p = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
+        (out_dir / "servalcat.log").write_text(p.stdout + p.stderr)
+        if p.returncode != 0:
+            raise RuntimeError(f"servalcat failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+        cands = [out_dir / n for n in ("refined.mmcif", "refined.cif", "refined.pdb")]
+        model_out = str(next(c for c in cands if c.exists()))
+        extra["servalcat_command"] = " ".join(cmd[1:])
+    else:
+        from cryostack.io.maps import read_map
+        from cryostack.io.models import read_structure
+        from cryostack.refine import RefineConfig, refine
+
+        structure = read_structure(info["model"])
+        refined, result = refine(structure, read_map(info["map"]), info["resolution_A"], RefineConfig(method=method))
+        refined.source = None
+        model_out = str(refined.write(out_dir / "refined.cif"))
+        extra["recycles"] = len(result.history) - 1
+        extra["best_recycle"] = result.best_recycle
+        extra["crops"] = result.crops
+    wall = time.perf_counter() - t0
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    row = {"case": case, "kind": info["kind"], "method": method, "resolution_A": info["resolution_A"],
+           "n_residues": info.get("n_residues"), "wall_s": wall if method != "input" else 0.0,
+           "peak_rss_MiB": max(peak_self, peak_children) if method != "input" else None, **extra}
+    row.update(metrics(model_out, info))
+    return row
+
+
+def _slug(case: str) -> str:
+    return case.replace("/", "_").replace(":", "_")
+
+
+def _monlib() -> Path:
+    from cryostack.validate.geometry import monomer_library_dir
+
+    return monomer_library_dir()
+
+
+# -- driver -------------------------------------------------------------------------------------
+def sim_cases(corpus_root: Path, n_chains: int) -> list[str]:
+    from cryostack.data.corpus import Corpus
+
+    corpus = Corpus(corpus_root)
+    table = corpus.table(allow_test=True)
+    test = [r["index"] for r in table if r["split"] == "test" and r["has_sidechains"]]
+    return [f"sim:{corpus_root}:{i}:{res}" for i in test[:n_chains] for res in SIM_RESOLUTIONS_A]
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "benchmarks/refine.py", "src/cryostack/refine",
+                                 "src/cryostack/geometry"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    import torch
+
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": commit, "refine_code_modified_since_commit": dirty,
+            "load_average_at_end": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="spike_ntd,factin,4uft,6vrc,6ksw,sim")
+    ap.add_argument("--methods", default="input,direct,diffusion,servalcat")
+    ap.add_argument("--corpus", default=str(ROOT / "tests" / "data" / "corpus_sample"),
+                    help="corpus with a test split (full corpus if exported, else the bundled sample)")
+    ap.add_argument("--sim-chains", type=int, default=30)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cryostack_refine_bench"))
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--run", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting new runs after this many seconds")
+    args = ap.parse_args()
+    work = Path(args.work)
+    if args.run:
+        row = run_one(args.run[0], args.run[1], work)
+        print(json.dumps(row))
+        return
+
+    from cryostack.refine import available_methods
+
+    methods = [m for m in args.methods.split(",") if m in ("input", "servalcat") or m in available_methods()]
+    skipped_methods = [m for m in args.methods.split(",") if m not in methods]
+    if "servalcat" in methods and shutil.which("servalcat", path=str(Path(sys.executable).parent)) is None:
+        methods.remove("servalcat")
+        skipped_methods.append("servalcat (not installed: pip install -e .[bench])")
+    cases = []
+    for c in args.cases.split(","):
+        if c == "sim":
+            cases += sim_cases(Path(args.corpus), args.sim_chains)
+        elif c in REAL and (SHARED / REAL[c][0]).exists():
+            cases.append(c)
+    t_start = time.perf_counter()
+    rows, failures, not_run = [], [], []
+    cache = work / "results"
+    cache.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        for method in methods:
+            f = cache / f"{_slug(case)}__{method}.json"
+            if f.exists():
+                rows.append(json.loads(f.read_text()))
+                continue
+            if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+                not_run.append(f"{case} {method}")
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {case} {method}", flush=True)
+            p = subprocess.run([sys.executable, __file__, "--work", str(work), "--run", case, method],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                msg = (p.stderr.strip().splitlines() or ["?"])[-1]
+                failures.append({"case": case, "method": method, "error": msg})
+                print(f"   failed: {msg}", flush=True)
+                continue
+            row = json.loads(p.stdout.strip().splitlines()[-1])
+            f.write_text(json.dumps(row, indent=2))
+            rows.append(row)
+            print(f"   CC_mask {row['cc_mask']:.3f} bond {row['bond_rmsd_A']:.4f} angle {row['angle_rmsd_deg']:.2f} "
+                  f"wall {row['wall_s']:.0f} s", flush=True)
+    write_summary(rows, failures, not_run, skipped_methods, args, Path(args.out))
+
+
+def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> None:
+    def mean(kind, method, key, cases=None):
+        vals = [r[key] for r in rows if r["kind"] == kind and r["method"] == method and r.get(key) is not None
+                and (cases is None or r["case"] in cases)]
+        return float(np.mean(vals)) if vals else None
+
+    summary = {}
+    for kind in ("real", "simulated"):
+        for method in sorted({r["method"] for r in rows}):
+            keys = ("cc_mask", "cc_box", "bond_rmsd_A", "angle_rmsd_deg", "rama_favored_pct", "rama_outlier_pct",
+                    "rotamer_outlier_pct", "cbeta_deviations", "clashscore", "rmsd_to_truth_A", "lddt_to_truth", "wall_s")
+            s = {k: mean(kind, method, k) for k in keys}
+            s["n"] = sum(1 for r in rows if r["kind"] == kind and r["method"] == method)
+            summary[f"{kind}/{method}"] = s
+    af3 = ("4uft", "6ksw", "6vrc")
+    gains = {}
+    for method in sorted({r["method"] for r in rows} - {"input"}):
+        g = []
+        for case in af3:
+            a = [r for r in rows if r["case"] == case and r["method"] == method]
+            b = [r for r in rows if r["case"] == case and r["method"] == "input"]
+            if a and b:
+                g.append(a[0]["cc_mask"] - b[0]["cc_mask"])
+        gains[method] = {"cases": len(g), "mean_cc_mask_gain": float(np.mean(g)) if g else None}
+    doc = {
+        "benchmark": "refine",
+        "machine": machine(),
+        "settings": {"methods": args.methods, "cases": args.cases, "corpus": args.corpus,
+                     "sim_resolutions_A": SIM_RESOLUTIONS_A, "direct_config": _config_dict()},
+        "targets": {"mean_cc_mask_gain_af3_cases": 0.15, "rama_favored_pct_min": 98.0, "rama_outlier_pct_max": 0.2,
+                    "rotamer_outlier_pct_max": 1.0, "angle_rmsd_deg_max": 1.0, "bond_rmsd_A_max": 0.01,
+                    "cbeta_deviations_max": 0, "4uft_wall_s_max": 300},
+        "af3_cc_mask_gain": gains,
+        "summary": summary,
+        "rows": rows,
+        "failures": failures,
+        "not_run": not_run,
+        "methods_not_available": skipped_methods,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def _config_dict() -> dict:
+    from dataclasses import asdict
+
+    from cryostack.refine import LossWeights, RefineConfig
+
+    return {"config": asdict(RefineConfig()), "weights": asdict(LossWeights())}
+
+
+if __name__ == "__main__":
+    main()

@@ -24,18 +24,27 @@ def validate(
 
     from cryostack.validate.api import validate as run_validate
     from cryostack.validate.report import text_table, write_plots
+    from cryostack.validate.stages import Stages
 
     if half_maps is not None and map_path is None:
         raise InputError(None, "--half-maps needs --map as well")
-    console = Console(stderr=True)
-    with console.status("validating"):
-        result = run_validate(model, density=map_path, resolution_A=resolution, half_maps=half_maps,
-                              reference=reference, compute_q=not no_q)
-    typer.echo(text_table(result), nl=False)
+    # Output problems are found before minutes of work, and nothing is written.
     inputs = [p for p in (model, map_path, reference, *(half_maps or ())) if p is not None]
+    for out in (json_out, plots):
+        if out is not None and any(out.resolve() == p.resolve() for p in inputs):
+            raise InputError(out, "output would overwrite an input file")
+    if json_out is not None and json_out.is_dir():
+        raise InputError(json_out, "--json names a folder; give a file name")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise InputError(plots, "--plots names an existing file; give a folder")
+    console = Console(stderr=True)
+    with console.status("validating") as status:
+        stages = Stages(on_start=lambda name: status.update(f"validating: {name}"))
+        result = run_validate(model, density=map_path, resolution_A=resolution, half_maps=half_maps,
+                              reference=reference, compute_q=not no_q, stages=stages)
+        if plots is not None:
+            status.update("validating: plots")
+            write_plots(result, plots)
     if json_out is not None:
-        if any(json_out.resolve() == p.resolve() for p in inputs):
-            raise InputError(json_out, "output would overwrite an input file")
         result.write_json(json_out)
-    if plots is not None:
-        write_plots(result, plots)
+    typer.echo(text_table(result), nl=False)

@@ -115,6 +115,9 @@ def validate(
                                          atoms=atoms, stages=stages)
         if outside > 0:
             result.notes.append(f"{100 * outside:.1f}% of atoms lie outside the map box")
+        if result.map_model.q_score_undefined_atoms:
+            result.notes.append(f"no Q-score for {result.map_model.q_score_undefined_atoms} atoms "
+                                "(within 2 Å of the map's edge, beyond it, or in flat density)")
 
     from cryostack.validate.geometry import geometry
 

@@ -8,7 +8,9 @@ Definitions follow Afonine et al., Acta Cryst. D74 (2018) 814–840 (phenix.map_
   shrunk by 0.9 Å, as a bulk-solvent mask);
 * **CC_box**: over the whole box;
 * **CC_volume**: over the ``n`` highest points of the model map, ``n`` = number of mask points;
-* **CC_peaks**: over the union of the ``n`` highest points of the model map and of the map;
+* **CC_peaks**: over the union of the ``n`` highest points of the model map and of the map
+  (map density the model does not account for, as for one subunit in a filament map, lowers
+  it, even below zero, while CC_mask stays high);
 * **CC_mc / CC_sc / per chain / per residue**: over the points within an atom radius of the
   selected atoms, the radius being ``max(3, min(10, max(d, r_image)))`` Å with ``r_image`` the
   half-width of the central peak of a carbon atom's image at resolution ``d`` and the model's
@@ -275,7 +277,8 @@ def q_scores(
     candidates_per_shell: int = 16,
     seed: int = 0,
 ) -> np.ndarray:
-    """Q-score of every heavy atom (NaN for hydrogens); Pintilie et al. 2020.
+    """Q-score of every heavy atom (NaN for hydrogens and for atoms within ``radius_max_A`` of
+    the box edge or outside it); Pintilie et al. 2020.
 
     Map values are sampled on shells of radius 0, 0.1, …, 2.0 Å around each atom, using only
     points closer to that atom than to any other atom (up to 8 per shell), and correlated
@@ -352,6 +355,12 @@ def q_scores(
     du, dv = (u - um[:, None]) * w, (v - vm[:, None]) * w
     den = np.sqrt((du * du).sum(axis=1) * (dv * dv).sum(axis=1))
     q = np.where(den > 0, (du * dv).sum(axis=1) / np.where(den > 0, den, 1), np.nan)
+    # Samples beyond the box would read as zeros and distort the profile: atoms closer to the
+    # box edge than radius_max_A get no Q-score.
+    idx = density.angstrom_to_voxel(xyz)
+    reach = radius_max_A / np.asarray(density.voxel_size[::-1])
+    complete = np.all((idx - reach >= 0) & (idx + reach <= np.array(density.shape) - 1), axis=1)
+    q[~complete] = np.nan
     out[heavy_idx] = q
     return out
 
@@ -392,6 +401,7 @@ class MapModelFit:
     half_map_fsc: np.ndarray | None = None
     half_map_fsc0143_resolution: float | None = None
     atoms_outside_map_fraction: float = 0.0
+    q_score_undefined_atoms: int = 0  # heavy atoms without a Q-score (near or beyond the box edge)
 
     def to_dict(self) -> dict:
         d = {
@@ -407,6 +417,7 @@ class MapModelFit:
             "fsc05_resolution": self.fsc05_resolution,
             "fsc_curve": {"spatial_frequency_per_A": self.fsc_freq.tolist(), "fsc": self.fsc.tolist()},
             "atoms_outside_map_fraction": self.atoms_outside_map_fraction,
+            "q_score_undefined_atoms": self.q_score_undefined_atoms,
             "per_chain": self.per_chain,
             "per_residue": self.per_residue,
         }
@@ -517,6 +528,7 @@ def map_model_fit(
         per_chain=per_chain,
         per_residue=per_residue,
         atoms_outside_map_fraction=float(outside.mean()),
+        q_score_undefined_atoms=int((~np.isfinite(q[heavy])).sum()) if compute_q else 0,
     )
     if half_maps is not None:
         h1, h2 = half_maps

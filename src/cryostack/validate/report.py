@@ -7,6 +7,10 @@ from pathlib import Path
 from cryostack.io.atomic import atomic_output
 
 
+#: Chains listed one by one in the text table; the JSON has all of them.
+MAX_CHAIN_ROWS = 12
+
+
 def _f(v, fmt: str = "{:.3f}") -> str:
     return "—" if v is None else fmt.format(v)
 
@@ -28,6 +32,11 @@ def text_table(result) -> str:
         ]
         if "half_map_fsc0143_resolution" in mm:
             rows.append(("  Half-map FSC = 0.143 (Å)", _f(mm["half_map_fsc0143_resolution"], "{:.2f}")))
+        if len(mm["per_chain"]) > 1:
+            shown = mm["per_chain"][:MAX_CHAIN_ROWS]
+            rows += [(f"  Chain {c['chain']}: CC / Q-score", f"{_f(c['cc'])} / {_f(c['q_score'])}") for c in shown]
+            if len(mm["per_chain"]) > len(shown):
+                rows.append((f"  ... {len(mm['per_chain']) - len(shown)} more chains", "(in the JSON)"))
     g = d["geometry"]
     rows += [
         ("Geometry", ""),

@@ -46,7 +46,24 @@ class _Grid:
     shape: tuple[int, int, int]  # nz, ny, nx
     voxel: tuple[float, float, float]  # x, y, z Å
     origin: tuple[float, float, float]  # x, y, z Å
-    pad: int
+    pad_lo: tuple[int, int, int]  # voxels added before the grid along z, y, x (stencils that overhang)
+    pad_hi: tuple[int, int, int]  # voxels added after the grid along z, y, x
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        return tuple(n + lo + hi for n, lo, hi in zip(self.shape, self.pad_lo, self.pad_hi))
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pad_lo) or any(self.pad_hi)
+
+    def crop(self, padded: torch.Tensor) -> torch.Tensor:
+        """The grid's part ``(nz, ny, nx)`` of a flat padded tensor."""
+        out = padded.view(self.padded_shape)
+        if not self.padded:
+            return out
+        (z0, y0, x0), (nz, ny, nx) = self.pad_lo, self.shape
+        return out[z0 : z0 + nz, y0 : y0 + ny, x0 : x0 + nx].contiguous()
 
 
 def _radius_voxels(btot: torch.Tensor, norm: torch.Tensor, voxel: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -94,15 +111,16 @@ def _local_cubes(
     cube_out = None if scratch is None else scratch[0][:n_vox].view(A, size[2] * size[1], size[0])
     cube = torch.bmm(zy.transpose(1, 2), fx, out=cube_out).view(A, size[2], size[1], size[0])
 
-    _, ny, nx = (n + 2 * g.pad for n in g.shape)
-    base = ((first[:, 2] + g.pad) * ny + (first[:, 1] + g.pad)) * nx + (first[:, 0] + g.pad)
+    _, ny, nx = g.padded_shape
+    z0, y0, x0 = g.pad_lo
+    base = ((first[:, 2] + z0) * ny + (first[:, 1] + y0)) * nx + (first[:, 0] + x0)
     idx_out = None if scratch is None else scratch[1][:n_vox].view(A, *offsets.shape)
     idx = torch.add(base[:, None, None, None], offsets[None], out=idx_out)
     return cube, idx
 
 
 def _offsets(size: tuple[int, int, int], g: _Grid, device) -> torch.Tensor:
-    _, ny, nx = (n + 2 * g.pad for n in g.shape)
+    _, ny, nx = g.padded_shape
     z = torch.arange(size[2], device=device)[:, None, None] * (ny * nx)
     y = torch.arange(size[1], device=device)[None, :, None] * nx
     x = torch.arange(size[0], device=device)[None, None, :]
@@ -123,11 +141,14 @@ def _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels):
     size = torch.floor(2.0 * radius).to(torch.int64) + 1
     n_xyz = torch.tensor(g_shape[::-1], device=dev)
     inside = ((first + size > 0) & (first < n_xyz)).all(dim=1)
-    pad = int(size.max().item()) if size.numel() else 1
-    grid = _Grid(tuple(g_shape), tuple(voxel), tuple(origin), pad)
-    plan = []
     if not bool(inside.any()):
-        return grid, plan
+        return _Grid(tuple(g_shape), tuple(voxel), tuple(origin), (0, 0, 0), (0, 0, 0)), []
+    # Pad only where stencils overhang the grid (often nowhere, e.g. a box with a margin): an
+    # unpadded work grid is the output itself, with no crop copy.
+    lo = torch.clamp(-first[inside].min(dim=0).values, min=0).tolist()  # x, y, z
+    hi = torch.clamp((first + size)[inside].max(dim=0).values - n_xyz, min=0).tolist()
+    grid = _Grid(tuple(g_shape), tuple(voxel), tuple(origin), tuple(lo[::-1]), tuple(hi[::-1]))
+    plan = []
     # Group by one integer key per stencil size: torch.unique over rows (dim=0) costs tens of ms
     # per call on CPU. Groups come in the same (x, y, z) lexicographic order, atoms ascending.
     atom_ids = torch.nonzero(inside).squeeze(1)
@@ -152,8 +173,7 @@ class _Splat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels):
         grid, plan = _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels)
-        nz, ny, nx = (n + 2 * grid.pad for n in grid.shape)
-        out = torch.zeros(nz * ny * nx, device=xyz.device, dtype=xyz.dtype)
+        out = torch.zeros(math.prod(grid.padded_shape), device=xyz.device, dtype=xyz.dtype)
         # One pair of scratch buffers, sized for the largest chunk, serves every chunk.
         n_max = max((ids.numel() * math.prod(size) for size, ids, _ in plan), default=0)
         scratch = (torch.empty(n_max, device=xyz.device, dtype=xyz.dtype),
@@ -167,16 +187,14 @@ class _Splat(torch.autograd.Function):
             out.scatter_add_(0, idx.reshape(-1), cube.reshape(-1))
         ctx.save_for_backward(xyz, btot, amp)
         ctx.grid, ctx.plan = grid, plan
-        P = grid.pad
-        out = out.view(nz, ny, nx)[P : P + grid.shape[0], P : P + grid.shape[1], P : P + grid.shape[2]]
-        return out.contiguous()
+        return grid.crop(out)
 
     @staticmethod
     def backward(ctx, grad_out):
         xyz, btot, amp = ctx.saved_tensors
         grid, plan = ctx.grid, ctx.plan
-        P = grid.pad
-        gpad = torch.nn.functional.pad(grad_out.contiguous(), (P, P, P, P, P, P)).reshape(-1)
+        (z0, y0, x0), (z1, y1, x1) = grid.pad_lo, grid.pad_hi
+        gpad = torch.nn.functional.pad(grad_out.contiguous(), (x0, x1, y0, y1, z0, z1)).reshape(-1)
         g_xyz = torch.zeros_like(xyz) if ctx.needs_input_grad[0] else None
         g_btot = torch.zeros_like(btot) if ctx.needs_input_grad[1] else None
         g_amp = torch.zeros_like(amp) if ctx.needs_input_grad[2] else None

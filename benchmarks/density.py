@@ -14,6 +14,10 @@ What is measured, for each atom count N:
 * cryostack forward+backward: coords and B-factors require grad,
   ``loss = (map * fixed random weights).sum()``, time ``forward + loss.backward()``.
 * correlation of the two maps over the whole grid (an accuracy check), and the ratio of their sums.
+* paired forward: gemmi and cryostack forward timed alternately in one process (the order swapped
+  on every pair), so both see the same machine load; the ratio of each pair is taken and the
+  median ratio reported. On a shared machine this ratio is the reliable one; the separate
+  per-method timings above can see different loads.
 
 Only the density computation is timed (not file reading, tiling, model building or the
 gemmi/torch set-up). Each measurement is warmed up once, then repeated; the median is reported.
@@ -54,7 +58,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / ".." / "shared" / "data" / "maps" / "cryonet_refine_boxed" / "6ksw_af3.cif"
 DEFAULT_SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
-PHASES = ("gemmi", "forward", "fwd_bwd")
+PHASES = ("gemmi", "forward", "fwd_bwd", "paired")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +245,32 @@ def _time(fn, *, repeats: int, budget_s: float, sync) -> dict:
             "repeats": n, "warmup_s": warm, "other_cpu_load": None if other is None else max(0.0, other)}
 
 
+def _time_paired(fn_a, fn_b, *, repeats: int, budget_s: float, sync) -> dict:
+    """Time ``fn_a`` and ``fn_b`` alternately (order swapped each pair); per-pair ratio a/b."""
+    fn_a(), fn_b()
+    sync()
+    t0 = time.perf_counter()
+    fn_a(), fn_b()
+    sync()
+    warm = time.perf_counter() - t0
+    n = max(3, min(repeats, int(budget_s // max(warm, 1e-9))))
+    ta, tb = [], []
+    busy0, total0, self0 = _cpu_ticks()
+    for i in range(n):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (fn_a, fn_b)[which]()
+            sync()
+            (ta, tb)[which].append(time.perf_counter() - t0)
+    busy1, total1, self1 = _cpu_ticks()
+    other = ((busy1 - busy0) - (self1 - self0)) / (total1 - total0) if total1 > total0 else None
+    ratios = [a / b for a, b in zip(ta, tb)]
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratios": ratios, "a_median_s": statistics.median(ta), "b_median_s": statistics.median(tb),
+            "a_times_s": ta, "b_times_s": tb, "pairs": n, "warmup_pair_s": warm,
+            "other_cpu_load": None if other is None else max(0.0, other)}
+
+
 def worker(cfg: dict) -> dict:
     import torch
 
@@ -304,6 +334,23 @@ def worker(cfg: dict) -> dict:
             res["timing"] = _time(run, repeats=cfg["repeats"], budget_s=cfg["budget_s"], sync=sync)
         res["memory"] = mem.result()
         res["grad_finite"] = bool(torch.isfinite(xyz.grad).all() and torch.isfinite(bb.grad).all())
+    elif phase == "paired":
+        model = gemmi_model(coords, z, b, occ, grid.origin)
+        dc = gemmi_calculator(grid, cfg["resolution"])
+
+        def run_gemmi():
+            dc.grid.fill(0)
+            dc.add_model_density_to_grid(model)
+
+        def run_ours():
+            with torch.no_grad():
+                simulate_density(t_coords, t_z, grid, **kw)
+
+        p = _time_paired(run_gemmi, run_ours, repeats=cfg["paired_repeats"], budget_s=cfg["budget_s"], sync=sync)
+        res["timing"] = {"median_s": p["b_median_s"], "min_s": min(p["b_times_s"]), "max_s": max(p["b_times_s"]),
+                         "repeats": p["pairs"], "warmup_s": p["warmup_pair_s"], "other_cpu_load": p["other_cpu_load"]}
+        res["paired"] = p
+        res["memory"] = {}
     else:
         raise ValueError(phase)
     return res
@@ -380,6 +427,18 @@ def _run_worker(cfg: dict) -> dict:
         return json.loads(out.read_text())
 
 
+def _load_summary(rows: list[dict], threshold: float) -> dict:
+    """Worst other-process CPU load seen per size, and a plain statement of whether it was high."""
+    keys = ("gemmi_forward_timing", "ours_forward_timing", "ours_fwd_bwd_timing", "paired_forward")
+    per = {str(r["n_atoms"]): max((r[k].get("other_cpu_load") or 0.0) for k in keys if k in r) for r in rows}
+    worst = max(per.values(), default=0.0)
+    return {"max_other_cpu_load_by_size": per, "max_other_cpu_load": worst, "high": worst > threshold,
+            "statement": (f"other processes used up to {worst:.0%} of the machine's CPU during some timings "
+                          "(threshold {:.0%}): absolute times are inflated and noisy; the paired ratios are "
+                          "the more reliable comparison".format(threshold)) if worst > threshold else
+                         "machine quiet during all timings (other load within threshold)"}
+
+
 def _fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
@@ -398,6 +457,8 @@ def main(argv=None) -> int:
     p.add_argument("--b-clip", type=float, nargs=2, default=(5.0, 150.0), metavar=("LO", "HI"))
     p.add_argument("--tile-gap", type=float, default=4.0, help="gap between tiled copies' bounding boxes, Å")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up")
+    p.add_argument("--paired-repeats", type=int, default=15,
+                   help="gemmi/cryostack forward pairs timed alternately in one process")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds per measurement; slow calls get fewer repeats (at least 1)")
     p.add_argument("--max-other-load", type=float, default=0.10,
@@ -461,7 +522,7 @@ def main(argv=None) -> int:
 
     console.print(f"[bold]cryostack density benchmark[/bold] on [cyan]{device}[/cyan], torch threads {threads}, "
                   f"model {model.name}, {args.voxel_size} Å voxels, {args.resolution} Å")
-    phases = [ph for ph in PHASES if not (ph == "gemmi" and args.skip_gemmi)]
+    phases = [ph for ph in PHASES if not (ph in ("gemmi", "paired") and args.skip_gemmi)]
     rows = []
     t_start = time.perf_counter()
     for n in args.sizes:
@@ -470,7 +531,8 @@ def main(argv=None) -> int:
             cfg = {"phase": ph, "device": "cpu" if ph == "gemmi" else device, "n_atoms": n, "model": str(model),
                    "voxel_size": args.voxel_size, "margin": args.margin, "resolution": args.resolution,
                    "bfactor": args.bfactor, "b_clip": list(args.b_clip), "tile_gap": args.tile_gap,
-                   "repeats": args.repeats, "budget_s": args.budget, "torch_threads": threads}
+                   "repeats": args.repeats, "budget_s": args.budget, "torch_threads": threads,
+                   "paired_repeats": args.paired_repeats}
             r, loads = None, []
             t0 = time.perf_counter()
             for attempt in range(args.retries + 1):
@@ -491,6 +553,14 @@ def main(argv=None) -> int:
             row.update(n_atoms=r["n_atoms"], grid_shape_zyx=r["grid_shape_zyx"], n_voxels=r["n_voxels"],
                        grid_float32_MiB=r["n_voxels"] * 4 / 2**20, tiling=r["tiling"])
             t = r["timing"]
+            if ph == "paired":
+                r["paired"].update(attempt_loads=loads, contaminated=t["contaminated"])
+                row["paired_forward"] = r["paired"]
+                row["ratio_forward_vs_gemmi_paired"] = r["paired"]["ratio_median"]
+                console.log(f"N={r['n_atoms']:,} paired   gemmi/ours median ratio {r['paired']['ratio_median']:.2f} "
+                            f"({r['paired']['pairs']} pairs, range {r['paired']['ratio_min']:.2f}-"
+                            f"{r['paired']['ratio_max']:.2f}; other load {t['other_cpu_load'] or 0:.0%})")
+                continue
             key = {"gemmi": "gemmi_forward", "forward": "ours_forward", "fwd_bwd": "ours_fwd_bwd"}[ph]
             row[f"{key}_s"] = t["median_s"]
             row[f"{key}_atoms_per_s"] = r["n_atoms"] / t["median_s"]
@@ -515,7 +585,11 @@ def main(argv=None) -> int:
     result = {"benchmark": "density", "machine": _machine(device),
               "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "git": _git(), "parameters": params, "total_runtime_s": total,
-              "notes": {"ratio_forward_vs_gemmi": "gemmi_forward_s / ours_forward_s (>1: ours faster)",
+              "load_summary": _load_summary(rows, args.max_other_load),
+              "notes": {"ratio_forward_vs_gemmi": ("gemmi_forward_s / ours_forward_s (>1: ours faster); the two "
+                                                   "are timed in separate processes, possibly under different load"),
+                        "ratio_forward_vs_gemmi_paired": ("median over pairs of gemmi time / ours, the two timed "
+                                                          "alternately in one process (same load); >1: ours faster"),
                         "other_cpu_load": ("per measurement: fraction of the machine's CPU time used by "
                                            "other processes during the timed repeats; > 0.1 means the "
                                            "timing is contaminated by concurrent work"),
@@ -530,7 +604,8 @@ def main(argv=None) -> int:
     tab = Table(title=f"Density simulation, {device} (torch {threads} threads, gemmi 1 thread), "
                       f"{args.voxel_size} Å voxels, {args.resolution} Å")
     for col in ("atoms", "grid (z,y,x)", "gemmi s", "gemmi atoms/s", "ours fwd s", "ours fwd atoms/s",
-                "ours fwd+bwd s", "fwd+bwd atoms/s", "fwd vs gemmi", "corr", "peak MiB g/f/fb", "other load"):
+                "ours fwd+bwd s", "fwd+bwd atoms/s", "fwd vs gemmi", "paired", "corr", "peak MiB g/f/fb",
+                "other load"):
         tab.add_column(col, justify="right")
     for r in rows:
         mem = [r.get(f"{k}_memory", {}).get("gpu_extra_MiB" if (device == "cuda" and k != "gemmi_forward")
@@ -541,6 +616,7 @@ def main(argv=None) -> int:
                     _fmt(r["ours_forward_s"], ".4f"), _fmt(r["ours_forward_atoms_per_s"], ",.0f"),
                     _fmt(r["ours_fwd_bwd_s"], ".4f"), _fmt(r["ours_fwd_bwd_atoms_per_s"], ",.0f"),
                     _fmt(r.get("ratio_forward_vs_gemmi"), ".2f") + ("×" if "ratio_forward_vs_gemmi" in r else ""),
+                    _fmt(r.get("ratio_forward_vs_gemmi_paired"), ".2f") + ("×" if "paired_forward" in r else ""),
                     _fmt(r.get("correlation_vs_gemmi"), ".7f"),
                     "/".join(_fmt(m, ".0f") for m in mem),
                     _fmt(max((r[f"{k}_timing"].get("other_cpu_load") or 0.0) for k in

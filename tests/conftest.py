@@ -29,3 +29,33 @@ def shared_file(shared_data):
         return path
 
     return get
+
+
+def _rama_helpers():
+    """``tests/data/validate_rama/helpers.py`` (a data folder, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("validate_rama_helpers", Path(__file__).parent / "data" / "validate_rama" / "helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def cctbx_reference(tmp_path_factory) -> dict:
+    """MolProbity ramalyze + cbetadev (cctbx) on every agreement structure, in one subprocess
+    per test session (it takes 10–20 s): ``{name: (path, {"rama": ..., "cbeta": ...})}``.
+
+    Shared by tests/test_ramachandran.py and tests/test_cbeta.py; skips without cctbx-base.
+    """
+    pytest.importorskip("mmtbx", reason="cctbx-base (mmtbx) is not installed")
+    helpers = _rama_helpers()
+    data = Path(__file__).parent / "data" / "validate_rama"
+    backbones = data / "promod3_backbones.pdb"
+    tmp = tmp_path_factory.mktemp("cctbx_ref")
+    paths = helpers.agreement_inputs(backbones, data / "mixed_break_ligand_na.pdb", tmp)
+    if "3MFP" in paths:
+        paths["3MFP_noTER"] = helpers.strip_ter(paths["3MFP"], tmp / "3MFP_noTER.pdb")
+    paths["mirrored"] = helpers.make_mirrored(backbones, tmp / "mirrored.pdb")
+    ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")
+    return {name: (path, ref[str(path)]) for name, path in paths.items()}

@@ -131,14 +131,9 @@ GENERATED = ("promod3_backbones", "mixed", "distorted", "altlocs", "mirrored")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """cctbx cbetadev results for every available structure (one subprocess)."""
-    pytest.importorskip("mmtbx", reason="cctbx-base (mmtbx) is not installed")
-    tmp = tmp_path_factory.mktemp("cbeta_ref")
-    paths = helpers.agreement_inputs(BACKBONES, MIXED, tmp)
-    paths["mirrored"] = helpers.make_mirrored(BACKBONES, tmp / "mirrored.pdb")
-    ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")
-    return {name: (path, ref[str(path)]["cbeta"]) for name, path in paths.items()}
+def reference(cctbx_reference):
+    """cctbx cbetadev results for every available structure (session fixture in conftest)."""
+    return {name: (path, ref["cbeta"]) for name, (path, ref) in cctbx_reference.items() if name != "3MFP_noTER"}
 
 
 @pytest.mark.parametrize("name", list(helpers.REAL_STRUCTURES) + list(GENERATED))

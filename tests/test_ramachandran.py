@@ -243,15 +243,9 @@ GENERATED = ("promod3_backbones", "mixed", "distorted", "altlocs", "3MFP_noTER")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """cctbx ramalyze results for every available structure (one subprocess)."""
-    pytest.importorskip("mmtbx", reason="cctbx-base (mmtbx) is not installed")
-    tmp = tmp_path_factory.mktemp("rama_ref")
-    paths = helpers.agreement_inputs(BACKBONES, MIXED, tmp)
-    if "3MFP" in paths:
-        paths["3MFP_noTER"] = helpers.strip_ter(paths["3MFP"], tmp / "3MFP_noTER.pdb")
-    ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")
-    return {name: (path, ref[str(path)]["rama"]) for name, path in paths.items()}
+def reference(cctbx_reference):
+    """cctbx ramalyze results for every available structure (session fixture in conftest)."""
+    return {name: (path, ref["rama"]) for name, (path, ref) in cctbx_reference.items() if name != "mirrored"}
 
 
 def _compare(ours: RamachandranResult, ref: dict) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from cryostack.validate.residues import (
     COMMON_AMINO_ACIDS,
     D_AMINO_ACIDS,
-    ResidueRef,
+    ResidueRecord,
     altloc_of,
     as_model,
     conformer_atoms,
@@ -126,7 +126,7 @@ def ideal_cbeta(n: np.ndarray, ca: np.ndarray, c: np.ndarray, ideal: IdealCbeta)
 
 
 @dataclass(frozen=True)
-class CbetaDeviation:
+class CbetaDeviation(ResidueRecord):
     """Cβ deviation of one residue (conformation); ``altloc`` is ``""`` unless N/CA/C/CB have
     alternates."""
 
@@ -140,10 +140,6 @@ class CbetaDeviation:
     @property
     def is_outlier(self) -> bool:
         return self.deviation_A >= OUTLIER_MIN_A
-
-    @property
-    def ref(self) -> ResidueRef:
-        return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -46,7 +46,7 @@ import numpy as np
 from cryostack.validate.residues import (
     COMMON_AMINO_ACIDS,
     ClassifiedCounts,
-    ResidueRef,
+    ResidueRecord,
     altloc_of,
     as_model,
     conformer_atoms,
@@ -134,7 +134,7 @@ def classify(category: str, value: float) -> str:
 
 
 @dataclass(frozen=True)
-class RamaResidue:
+class RamaResidue(ResidueRecord):
     """One residue (conformation) on the Ramachandran plot; angles in degrees, ``score`` 0–1."""
 
     chain: str
@@ -147,16 +147,6 @@ class RamaResidue:
     psi_deg: float
     score: float
     classification: str
-
-    @property
-    def ref(self) -> ResidueRef:
-        return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
-
-    @property
-    def label(self) -> str:
-        """Plot label, e.g. ``A/57 GLU`` or ``A/57 B GLU`` for altloc B."""
-        alt = f" {self.altloc}" if self.altloc else ""
-        return f"{self.chain}/{self.number}{self.icode}{alt} {self.name}"
 
     def outlier_dict(self) -> dict[str, Any]:
         return {

@@ -50,6 +50,21 @@ class ResidueRef:
         return asdict(self)
 
 
+class ResidueRecord:
+    """Base of per-residue result records (Ramachandran, rotamer, Cβ) that carry ``chain``,
+    ``number``, ``icode``, ``name`` and ``altloc`` fields."""
+
+    @property
+    def ref(self) -> ResidueRef:
+        return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
+
+    @property
+    def label(self) -> str:
+        """Short plot label, e.g. ``A/57 GLU`` or ``A/57 B GLU`` for altloc B."""
+        alt = f" {self.altloc}" if self.altloc else ""
+        return f"{self.chain}/{self.number}{self.icode}{alt} {self.name}"
+
+
 @dataclass
 class ClassifiedCounts:
     """Favoured / allowed / outlier counts over ``n_residues`` residues (Ramachandran, rotamers).

@@ -88,7 +88,7 @@ from typing import Any, Sequence
 import gemmi
 import numpy as np
 
-from cryostack.validate.residues import ClassifiedCounts, ResidueRef, as_model, conformer_atoms, residue_altlocs
+from cryostack.validate.residues import ClassifiedCounts, ResidueRecord, as_model, conformer_atoms, residue_altlocs
 
 #: A score below this is a rotamer outlier (MolProbity: 0.3 %).
 OUTLIER_BELOW = 0.003
@@ -386,7 +386,7 @@ def rotamer_name(residue_name: str, chis_deg: Sequence[float]) -> str:
 
 
 @dataclass(frozen=True)
-class RotamerResidue:
+class RotamerResidue(ResidueRecord):
     """One scored side chain (one record per altloc); angles in degrees, ``score`` 0–1."""
 
     chain: str
@@ -399,14 +399,9 @@ class RotamerResidue:
     classification: str
     rotamer_name: str
 
-    @property
-    def label(self) -> str:
-        alt = f" {self.altloc}" if self.altloc else ""
-        return f"{self.chain}/{self.number}{self.icode}{alt} {self.name}"
-
     def outlier_dict(self) -> dict[str, Any]:
         return {
-            **ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc).as_dict(),
+            **self.ref.as_dict(),
             "score": self.score,
             "chis": [round(x, 1) for x in self.chis_deg],
             "rotamer": self.rotamer_name,

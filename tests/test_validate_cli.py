@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
+from cryostack.io.maps import read_map, write_map
 from cryostack.io.models import read_structure
 
 
@@ -69,3 +71,39 @@ def test_validate_against_reference(tmp_path):
     ref = json.loads(out.read_text())["reference"]
     assert 0.8 < ref["tm_score"] < 1.0 and 0.5 < ref["lddt"] < 0.95 and ref["coverage_3a"] > 0.95
     assert ref["dockq"] is None  # single chain
+
+
+def _one_line_error(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def test_bad_outputs_are_refused_before_any_work(tmp_path):
+    existing = tmp_path / "plots.png"
+    existing.write_bytes(b"not a folder")
+    r = run("--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2", "--plots", str(existing))
+    _one_line_error(r, "--plots", "existing file")
+    assert r.stdout == "" and existing.read_bytes() == b"not a folder"
+    r = run("--model", str(SPIKE_NTD_MODEL), "--json", str(tmp_path))
+    _one_line_error(r, "--json", "folder")
+    r = run("--model", str(SPIKE_NTD_MODEL), "--json", str(SPIKE_NTD_MODEL))
+    _one_line_error(r, "overwrite an input")
+
+
+def test_mismatched_reference_and_half_maps_are_clear_errors(tmp_path):
+    other = Path(__file__).parent / "data" / "validate_rama" / "promod3_backbones.pdb"  # unrelated chains
+    r = run("--model", str(SPIKE_NTD_MODEL), "--reference", str(other))
+    _one_line_error(r, "share no aligned residues")
+    small = tmp_path / "half.mrc"
+    dmap = read_map(SPIKE_NTD_MAP)
+    write_map(dmap.with_data(dmap.data[:-2], source=None), small)
+    r = run("--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2",
+            "--half-maps", str(small), str(SPIKE_NTD_MAP))
+    _one_line_error(r, "half map grid")
+
+
+def test_usage_error_has_no_traceback():
+    r = run("--map", str(SPIKE_NTD_MAP))
+    assert r.returncode == 2 and "Missing option" in r.stderr and "Traceback" not in r.stderr

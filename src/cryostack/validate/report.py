@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cryostack.io.atomic import atomic_output
 
 
 #: Chains listed one by one in the text table; the JSON has all of them.
 MAX_CHAIN_ROWS = 12
+#: Up to this many chains get a per-residue plot panel each; more share one panel.
+MAX_CHAIN_PANELS = 6
 
 
 def _f(v, fmt: str = "{:.3f}") -> str:
@@ -97,18 +101,7 @@ def write_plots(result, folder: str | Path) -> list[Path]:
         ax.set_ylim(-0.1, 1.05)
         ax.legend()
         written.append(_save(fig, folder / "fsc.png"))
-        chains = sorted({r["chain"] for r in mm.per_residue})
-        fig, axes = plt.subplots(len(chains), 1, figsize=(9, 2.4 * len(chains)), squeeze=False)
-        for ax, ch in zip(axes[:, 0], chains):
-            rs = [r for r in mm.per_residue if r["chain"] == ch]
-            x = [r["number"] for r in rs]
-            ax.plot(x, [r["cc"] if r["cc"] is not None else float("nan") for r in rs], lw=0.8, label="CC")
-            ax.plot(x, [r["q_score"] if r["q_score"] is not None else float("nan") for r in rs], lw=0.8, label="Q-score")
-            ax.set_title(f"chain {ch}", fontsize=9)
-            ax.set_ylim(-0.2, 1.0)
-            ax.legend(fontsize=7, loc="lower right")
-        axes[-1, 0].set_xlabel("residue number")
-        written.append(_save(fig, folder / "per_residue.png"))
+        written.append(_save(_per_residue_figure(mm.per_residue, plt), folder / "per_residue.png"))
     if result.ramachandran is not None:
         from cryostack.validate.ramachandran import plot_ramachandran
 
@@ -116,6 +109,38 @@ def write_plots(result, folder: str | Path) -> list[Path]:
         plot_ramachandran(result.ramachandran, path)
         written.append(path)
     return written
+
+
+def _per_residue_figure(per_residue: list[dict], plt):
+    """Per-residue CC and Q-score: one panel per chain, or for many chains one panel with the
+    chains in model order (a figure of dozens of panels is unreadable and slow to draw)."""
+    chains = list(dict.fromkeys(r["chain"] for r in per_residue))
+    value = lambda r, k: r[k] if r[k] is not None else float("nan")  # noqa: E731
+    if len(chains) <= MAX_CHAIN_PANELS:
+        fig, axes = plt.subplots(len(chains), 1, figsize=(9, 2.4 * len(chains)), squeeze=False)
+        for ax, ch in zip(axes[:, 0], chains):
+            rs = [r for r in per_residue if r["chain"] == ch]
+            x = [r["number"] for r in rs]
+            ax.plot(x, [value(r, "cc") for r in rs], lw=0.8, label="CC")
+            ax.plot(x, [value(r, "q_score") for r in rs], lw=0.8, label="Q-score")
+            ax.set_title(f"chain {ch}", fontsize=9)
+            ax.set_ylim(-0.2, 1.0)
+            ax.legend(fontsize=7, loc="lower right")
+        axes[-1, 0].set_xlabel("residue number")
+        return fig
+    fig, ax = plt.subplots(figsize=(12, 3.5))
+    x = np.arange(len(per_residue))
+    ax.plot(x, [value(r, "cc") for r in per_residue], lw=0.5, label="CC")
+    ax.plot(x, [value(r, "q_score") for r in per_residue], lw=0.5, label="Q-score")
+    starts = [i for i, r in enumerate(per_residue) if i == 0 or r["chain"] != per_residue[i - 1]["chain"]]
+    for i in starts[1:]:
+        ax.axvline(i - 0.5, c="grey", lw=0.4)
+    step = max(1, len(starts) // 40)  # keep chain labels legible
+    ax.set_xticks([starts[k] for k in range(0, len(starts), step)], [per_residue[starts[k]]["chain"] for k in range(0, len(starts), step)], fontsize=7)
+    ax.set_xlabel(f"chains in model order ({len(chains)} chains, {len(per_residue)} residues)")
+    ax.set_ylim(-0.2, 1.0)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

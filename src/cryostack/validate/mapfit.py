@@ -68,7 +68,9 @@ def model_map(structure_atoms: AtomArrays, density: DensityMap, resolution_A: fl
             occupancies=torch.as_tensor(structure_atoms.occupancies[heavy]),
         ).numpy()
     s2 = frequency_squared(density.shape, density.voxel_size)
-    weight = np.where(s2 <= 1.0 / resolution_A**2, np.exp(blur_A2 * s2 / 4.0), 0.0)
+    inside = s2 <= 1.0 / resolution_A**2
+    weight = np.zeros(s2.shape)
+    weight[inside] = np.exp(blur_A2 * s2[inside] / 4.0)
     f = scipy.fft.rfftn(m.astype(np.float64), workers=-1) * weight
     return scipy.fft.irfftn(f, s=density.shape, axes=(0, 1, 2), workers=-1).astype(np.float32)
 
@@ -237,13 +239,12 @@ def fsc_curve(map1: np.ndarray, map2: np.ndarray, voxel_size: tuple[float, float
     extent = max(n * v for n, v in zip(map1.shape[::-1], voxel_size))
     width = 1.0 / extent
     s_max = 1.0 / (2.0 * max(voxel_size))
-    shell = np.floor(s / width + 0.5).astype(np.int64)
+    shell = np.floor(s / width + 0.5).astype(np.int64).ravel()
     n_shells = int(np.floor(s_max / width + 0.5)) + 1
-    keep = shell < n_shells
-    shell, f1, f2 = shell[keep], f1[keep], f2[keep]
-    num = np.bincount(shell, weights=(f1 * np.conj(f2)).real, minlength=n_shells)
-    d1 = np.bincount(shell, weights=np.abs(f1) ** 2, minlength=n_shells)
-    d2 = np.bincount(shell, weights=np.abs(f2) ** 2, minlength=n_shells)
+    # Shells beyond Nyquist are summed into their own bins and dropped (no copies of f1, f2).
+    num = np.bincount(shell, weights=(f1 * np.conj(f2)).real.ravel(), minlength=n_shells)[:n_shells]
+    d1 = np.bincount(shell, weights=(np.abs(f1) ** 2).ravel(), minlength=n_shells)[:n_shells]
+    d2 = np.bincount(shell, weights=(np.abs(f2) ** 2).ravel(), minlength=n_shells)[:n_shells]
     with np.errstate(invalid="ignore", divide="ignore"):
         fsc = np.where((d1 > 0) & (d2 > 0), num / np.sqrt(d1 * d2), 0.0)
     freq = np.arange(n_shells) * width

@@ -28,6 +28,8 @@ class RefineConfig:
     steps_per_recycle: int = 40
     lr: float = 0.05
     patience: int = 2
+    #: Adam steps of the rigid-body stage before per-atom refinement ("direct"); 0 skips it.
+    rigid_steps: int = 40
     seed: int = 0
     device: str = "cpu"
     #: Models with more residues than this are refined in spatially overlapping crops.

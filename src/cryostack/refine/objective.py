@@ -48,7 +48,7 @@ DENSITY_CUTOFF = 1e-3
 class LossWeights:
     """Weights of the objective's terms (dimensionless; geometry terms are mean squared z-scores)."""
 
-    density: float = 100.0
+    density: float = 150.0
     bond: float = 2.0
     angle: float = 4.0
     plane: float = 2.0

@@ -231,7 +231,11 @@ class SimulatedMapDataset(Dataset):
 
     def cache_key(self) -> str:
         """Short hash of everything an item depends on (config, seed, epoch, structure indices)."""
-        ident = self.source.identity() if hasattr(self.source, "identity") else f"{type(self.source).__name__}:{len(self.source)}"
+        if hasattr(self.source, "identity"):
+            ident = self.source.identity()
+        else:  # a corpus is known by its directory
+            root = getattr(self.source, "root", None)
+            ident = f"{type(self.source).__name__}:{len(self.source)}:{Path(root).resolve() if root else ''}"
         blob = json.dumps(
             {"config": self.config.to_dict(), "seed": self.seed, "epoch": self.epoch,
              "indices": hashlib.sha1(self.indices.tobytes()).hexdigest(), "source": ident},

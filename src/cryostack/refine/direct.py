@@ -94,8 +94,9 @@ def rigid_fit(objective: RefinementObjective, x0: torch.Tensor, steps: int, seed
         opt.zero_grad(set_to_none=True)
         x = coords()
         loss, _ = objective(x)
-        if best is None or float(loss) < best:
-            best, best_x = float(loss.detach()), x.detach()
+        value = float(loss.detach())
+        if best is None or value < best:
+            best, best_x = value, x.detach()
         loss.backward()
         opt.step()
     return best_x

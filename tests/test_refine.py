@@ -1,0 +1,178 @@
+"""Refinement: objective (density term), optimiser registry, direct optimiser, refine() and crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryostack.density.simulate import grid_around_atoms, simulate_model_map
+from cryostack.errors import InputError
+from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
+from cryostack.io.maps import DensityMap, read_map
+from cryostack.io.models import Structure, read_structure
+from cryostack.refine import (
+    OPTIMIZERS,
+    LossWeights,
+    RefineConfig,
+    RefinementObjective,
+    available_methods,
+    check_inputs,
+    get_optimizer,
+    refine,
+)
+from cryostack.refine.run import _sub_structure, crop_assignment
+
+RES = 3.2
+
+
+def _piece(structure: Structure, n: int) -> Structure:
+    st = structure.gemmi.clone()
+    chain = st[0][0]
+    for i in reversed(range(n, len(chain))):
+        del chain[i]
+    for ch in list(st[0])[1:]:
+        st[0].remove_chain(ch.name)
+    return Structure(st)
+
+
+@pytest.fixture(scope="module")
+def piece():
+    """The first 15 residues of the spike NTD (a real fragment) and a map simulated from it."""
+    s = _piece(read_structure(SPIKE_NTD_MODEL), 15)
+    grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
+    data = simulate_model_map(s, grid, RES, use_b_factors=False)
+    rng = np.random.default_rng(0)
+    data = data + rng.normal(0, 0.05 * data.std(), data.shape).astype(np.float32)
+    dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
+    return s, dmap
+
+
+def _shifted(s: Structure, shift, noise=0.0, seed=0) -> Structure:
+    arr = s.atoms()
+    rng = np.random.default_rng(seed)
+    return s.with_coordinates(arr.coords + np.asarray(shift) + rng.normal(0, noise, arr.coords.shape))
+
+
+def test_objective_terms_and_density_gradient(piece):
+    s, dmap = piece
+    obj = RefinementObjective(s, dmap, RES)
+    assert obj.movable.shape == (obj.n_atoms,) and bool(obj.movable.all())
+    assert obj.init_coords.shape == (obj.n_atoms, 3)
+    total, terms = obj(obj.init_coords)
+    assert set(terms) == set(LossWeights().as_dict())
+    assert obj.cc(obj.init_coords) > 0.95  # the map was simulated from this model
+    # A shifted model fits worse and the density gradient points back.
+    x = (obj.init_coords + torch.tensor([1.0, 0.0, 0.0])).requires_grad_(True)
+    obj.weights = LossWeights(**{k: 0.0 for k in LossWeights().as_dict()} | {"density": 1.0})
+    loss, _ = obj(x)
+    assert obj.cc(x.detach()) < obj.cc(obj.init_coords)
+    loss.backward()
+    assert float(x.grad[:, 0].sum()) > 0  # descent moves atoms back along −x
+
+
+def test_ligands_and_waters_are_fixed():
+    s = read_structure(SPIKE_NTD_MODEL)
+    obj = RefinementObjective(s, read_map(SPIKE_NTD_MAP), RES)
+    arr = s.atoms()
+    assert np.array_equal(obj.movable.numpy(), arr.is_polymer)
+    assert (~arr.is_polymer).sum() > 0  # NAG glycans in the example
+
+
+def test_registry_and_direct_refinement_recovers_shift(piece):
+    s, dmap = piece
+    assert "direct" in OPTIMIZERS and "direct" in available_methods()
+    with pytest.raises(KeyError):
+        get_optimizer("no-such-method")
+    start = _shifted(s, [0.8, -0.5, 0.4], noise=0.1)
+    config = RefineConfig(max_recycles=2, steps_per_recycle=10, rigid_steps=20, seed=1)
+    calls = []
+    refined, result = refine(start, dmap, RES, config, progress=lambda *a, **k: calls.append(a))
+    ref = s.atoms().coords
+    rmsd = lambda st: float(np.sqrt(((st.atoms().coords - ref) ** 2).sum(1).mean()))  # noqa: E731
+    assert rmsd(refined) < 0.7 * rmsd(start)
+    assert result.history[result.best_recycle].loss == min(r.loss for r in result.history)
+    assert result.history[-1].cc > result.history[0].cc
+    assert len(calls) == len(result.history)
+    # Same atoms, names, numbering; deterministic given the seed.
+    assert refined.atoms().atom_names == s.atoms().atom_names
+    quick = RefineConfig(max_recycles=1, steps_per_recycle=3, rigid_steps=3, seed=1)
+    a, _ = refine(start, dmap, RES, quick)
+    b, _ = refine(start, dmap, RES, quick)
+    assert np.allclose(a.atoms().coords, b.atoms().coords, atol=1e-5)
+
+
+def test_early_stopping_stops_at_a_converged_model(piece):
+    s, dmap = piece
+    config = RefineConfig(max_recycles=20, steps_per_recycle=2, rigid_steps=0, lr=0.001, patience=1, min_improvement=0.5)
+    _, result = refine(s, dmap, RES, config)
+    assert len(result.history) - 1 < 20
+
+
+def test_bad_inputs_raise_input_errors(piece):
+    s, dmap = piece
+    with pytest.raises(InputError, match="resolution"):
+        check_inputs(s, dmap, None)
+    with pytest.raises(InputError, match="sensible range"):
+        check_inputs(s, dmap, 200.0)
+    with pytest.raises(InputError, match="outside the map"):
+        check_inputs(_shifted(s, [500.0, 0, 0]), dmap, RES)
+    st = s.gemmi.clone()
+    st[0][0][3].name = "XYZ"  # no dictionary entry
+    with pytest.raises(InputError, match="XYZ"):
+        check_inputs(Structure(st), dmap, RES)
+
+
+def test_crops_are_spatial_overlapping_and_cover_every_residue():
+    s = read_structure(SPIKE_NTD_MODEL)
+    config = RefineConfig(crop_margin_A=6.0)
+    import cryostack.refine.run as run
+
+    old = run.RESIDUES_PER_CROP
+    run.RESIDUES_PER_CROP = 60
+    try:
+        core, crops = crop_assignment(s, config)
+    finally:
+        run.RESIDUES_PER_CROP = old
+    arr = s.atoms()
+    polymer = np.isin(arr.residue_class, (0, 1, 2))
+    assert len(crops) >= 3
+    assert np.all(core[polymer] >= 0)
+    for cid, residues in crops:
+        assert set(np.nonzero(core == cid)[0]) <= set(residues.tolist())  # core inside its crop
+        assert len(residues) > (core == cid).sum()  # plus an overlapping shell
+        # Spatial, not sequence windows: a crop's core is not one contiguous run of residues.
+    runs = [np.count_nonzero(np.diff(np.nonzero(core == cid)[0]) > 1) for cid, _ in crops]
+    assert max(runs) >= 1
+    sub, index = _sub_structure(s, crops[0][1])
+    assert np.allclose(sub.atoms().coords, arr.coords[index])
+
+
+def test_cropped_refinement_merges_consistently(piece):
+    s, dmap = piece
+    start = _shifted(s, [0.5, 0.0, 0.0], noise=0.1)
+    import cryostack.refine.run as run
+
+    old = run.RESIDUES_PER_CROP
+    run.RESIDUES_PER_CROP = 8
+    try:
+        config = RefineConfig(max_recycles=1, steps_per_recycle=10, rigid_steps=10, crop_above_residues=5, crop_margin_A=6.0)
+        refined, result = refine(start, dmap, RES, config)
+    finally:
+        run.RESIDUES_PER_CROP = old
+    assert result.crops >= 2
+    from cryostack.geometry.restraints import bond_rmsd, build_restraints
+
+    rs = build_restraints(s)
+    x = torch.as_tensor(refined.atoms().coords)
+    assert bond_rmsd(x, rs) < 0.03  # seams between crops are not torn
+    ref = s.atoms().coords
+    assert np.sqrt(((refined.atoms().coords - ref) ** 2).sum(1).mean()) < np.sqrt(
+        ((start.atoms().coords - ref) ** 2).sum(1).mean())
+
+
+def test_loss_weights_parse():
+    w = LossWeights.parse("density=10, rama=2")
+    assert w.density == 10 and w.rama == 2 and w.bond == LossWeights().bond
+    with pytest.raises(ValueError):
+        LossWeights.parse("nonsense=1")

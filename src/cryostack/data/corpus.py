@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import json
 import os
 import platform
@@ -148,6 +149,8 @@ class Corpus:
         self.root = Path(root)
         meta_path = self.root / "corpus.json"
         if not meta_path.is_file():
+            if (self.root / "export_options.json").is_file():
+                raise InputError(self.root, "corpus export is not finished; rerun `cryostack data corpus` with the same options to resume")
             raise InputError(self.root, "not a cryostack corpus (no corpus.json)")
         try:
             self.info = json.loads(meta_path.read_text())
@@ -166,6 +169,13 @@ class Corpus:
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._cache_size = cache_shards
         self.test_reads = 0  # chains of the test split handed out (with allow_test=True)
+        self._public: list[dict] | None = None
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers get the corpus without its shard cache (each fills its own).
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -181,9 +191,12 @@ class Corpus:
         Sequence and DSSP of test chains are blanked here; :meth:`table` with ``allow_test``
         gives them.
         """
-        return self.table(allow_test=False)
+        if self._public is None:
+            self._public = self.table(allow_test=False)
+        return self._public
 
     def table(self, *, allow_test: bool = False) -> list[dict]:
+        """Per-chain rows (copies); with ``allow_test`` including test sequences and DSSP."""
         out = []
         for r in self._rows:
             row = dict(r)
@@ -431,54 +444,78 @@ class _Progress:
 
 
 class _WorkerPool:
-    """``n`` ProMod3 worker subprocesses fed from one task queue."""
+    """Up to ``n`` ProMod3 worker subprocesses fed from a task queue; kept across runs so the
+    StructureDB and rotamer library load once per process."""
 
     def __init__(self, n: int):
-        if not Path(SYSTEM_PYTHON).exists() or not promod3_available():
+        if not promod3_available():
             raise InputError(None, f"ProMod3 is not available in {SYSTEM_PYTHON} (Debian packages python3-promod3, promod3-data)")
         self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def _proc(self, k: int) -> subprocess.Popen:
+        while len(self.procs) <= k:
+            self.procs.append(
+                subprocess.Popen(
+                    [SYSTEM_PYTHON, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                    env={**os.environ, "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"},
+                )  # fmt: skip
+            )
+        return self.procs[k]
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
+        self.close()
 
     def run(self, tasks: list[dict], on_progress: Callable[[int], None]) -> None:
         q: queue.Queue = queue.Queue()
         for t in tasks:
             q.put(t)
         errors: list[str] = []
-        procs: list[subprocess.Popen] = []
         lock = threading.Lock()
+        n = min(self.n, max(1, len(tasks)))
+        procs = [self._proc(k) for k in range(n)]
 
-        def work():
-            proc = subprocess.Popen(
-                [SYSTEM_PYTHON, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                env={**os.environ, "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"},
-            )  # fmt: skip
-            with lock:
-                procs.append(proc)
-            try:
-                while not errors:
-                    try:
-                        task = q.get_nowait()
-                    except queue.Empty:
+        def work(proc):
+            while not errors:
+                try:
+                    task = q.get_nowait()
+                except queue.Empty:
+                    return
+                proc.stdin.write(json.dumps(task) + "\n")
+                proc.stdin.flush()
+                for line in proc.stdout:
+                    line = line.strip()
+                    if line.startswith("progress "):
+                        with lock:
+                            on_progress(int(line.split()[1]))
+                    elif line == "done":
                         break
-                    proc.stdin.write(json.dumps(task) + "\n")
-                    proc.stdin.flush()
-                    for line in proc.stdout:
-                        line = line.strip()
-                        if line.startswith("progress "):
-                            with lock:
-                                on_progress(int(line.split()[1]))
-                        elif line == "done":
-                            break
-                        elif line.startswith("error "):
-                            errors.append(f"{task['op']} {Path(task.get('out', '')).name}: {line[6:]}")
-                            return
-                    else:
-                        errors.append(f"ProMod3 worker stopped (exit status {proc.poll()})")
+                    elif line.startswith("error "):
+                        errors.append(f"{task['op']} {Path(task.get('out', '')).name}: {line[6:]}")
                         return
-            finally:
-                proc.stdin.close()
-                proc.wait()
+                else:
+                    errors.append(f"ProMod3 worker stopped (exit status {proc.poll()})")
+                    return
 
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.n, max(1, len(tasks))))]
+        threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in procs]
         try:
             for t in threads:
                 t.start()
@@ -487,13 +524,12 @@ class _WorkerPool:
                     t.join(0.2)
         except KeyboardInterrupt:
             errors.append("interrupted")
-            for p in procs:
-                p.terminate()
             raise
         if errors:
             raise RuntimeError(errors[0])
 
 
+@functools.lru_cache(maxsize=1)
 def promod3_available() -> bool:
     """ProMod3 importable in the system Python and its StructureDB installed."""
     if not Path(SYSTEM_PYTHON).exists() or not STRUCTURE_DB.exists():
@@ -556,7 +592,11 @@ def _select_sidechains(spec: str, keys: list[tuple[str, str]], seed: int) -> np.
 def _export_structure_db(out: Path, opts: _Options, db: Path, workers: int, reporter: _Progress) -> None:
     if not db.is_file():
         raise InputError(db, "ProMod3 StructureDB not found (Debian package promod3-data)")
-    pool = _WorkerPool(workers)
+    with _WorkerPool(workers) as pool:
+        _export_structure_db_with(out, opts, db, pool, reporter)
+
+
+def _export_structure_db_with(out: Path, opts: _Options, db: Path, pool: _WorkerPool, reporter: _Progress) -> None:
     listing = out / "source_chains.json"
     if not listing.is_file():
         pool.run([{"op": "list", "db": str(db), "out": str(listing)}], lambda n: None)
@@ -764,6 +804,7 @@ def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progres
             reporter.advance(bar, futures[fut])
 
 
+@functools.lru_cache(maxsize=1)
 def _ost_available() -> bool:
     r = subprocess.run([SYSTEM_PYTHON, "-c", "import ost.mol, promod3.loop"], capture_output=True)
     return r.returncode == 0

@@ -105,7 +105,7 @@ def _plot(lengths, dssp, splits, path: Path) -> None:
     ax[0].hist(lengths, bins=np.arange(0, 1001, 20), color="#4477aa")
     ax[0].set_xlabel("chain length (residues)")
     ax[0].set_ylabel("chains")
-    ax[0].set_title(f"{len(lengths):,} chains, median {int(np.median(lengths))} residues")
+    ax[0].set_title(f"{len(lengths):,} chains, median {int(np.median(lengths))} res. ({int((lengths > 1000).sum())} > 1000 not shown)", fontsize=10)
     keys = list("HGIEBTSC")
     total = sum(dssp.values())
     ax[1].bar(keys, [100 * dssp[k] / total for k in keys], color=["#cc6677"] * 3 + ["#4477aa"] * 2 + ["#999999"] * 3)
@@ -116,7 +116,8 @@ def _plot(lengths, dssp, splits, path: Path) -> None:
     for k, s in enumerate(names):
         ax[2].text(k, splits[s]["chains"], f"{splits[s]['chains']:,} chains\n{splits[s]['entries']:,} entries", ha="center", va="bottom", fontsize=8)
     ax[2].set_yscale("log")
-    ax[2].set_title("splits (≤ 30 % identity to train)")
+    ax[2].set_ylim(top=5 * max(splits[s]["chains"] for s in names))
+    ax[2].set_title("splits (val/test: no hit ≥ 30 % identity in train)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -150,3 +150,45 @@ def test_real_spike_map():
     fit = mapfit.map_model_fit(read_structure(SPIKE_NTD_MODEL), read_map(SPIKE_NTD_MAP), 3.2)
     assert 0.3 < fit.cc_mask < 1.0 and fit.atoms_outside_map_fraction < 0.01
     assert len(fit.per_residue) == 201 and fit.per_chain[0]["chain"] == "A"
+
+
+@pytest.mark.parametrize("margin_A", [4.0, -1.5])
+def test_masks_on_fine_anisotropic_grid(margin_A):
+    """Molecular and sphere masks on 0.45 × 0.5 × 0.6 Å voxels (the 0.9 Å shrink then spans
+    several voxels) equal direct computations: distances to every atom, and a Euclidean
+    distance transform for the shrink; also when the box cuts through the model."""
+    from scipy.ndimage import distance_transform_edt
+
+    from cryostack.io.models import Structure
+
+    g = read_structure(SPIKE_NTD_MODEL).gemmi.clone()
+    chain = g[0][0]
+    for i in reversed(range(4, len(chain))):
+        del chain[i]
+    atoms = Structure(g).atoms()
+    vox = (0.45, 0.5, 0.6)
+    lo = atoms.coords.min(0) - margin_A
+    n = np.ceil((atoms.coords.max(0) + margin_A - lo) / vox).astype(int)
+    density = DensityMap(np.zeros(tuple(n[::-1]), np.float32), vox, tuple(lo + 0.123))
+    pts = density.voxel_to_angstrom(np.indices(density.shape).reshape(3, -1).T)
+    d = np.linalg.norm(pts[:, None, :] - atoms.coords[None].astype(np.float64), axis=-1)  # (P, N)
+    radii = np.array([gemmi.Element(e).vdw_r for e in atoms.elements])
+    solvent = ((d - radii) > 1.1).all(axis=1).reshape(density.shape)
+    expected = ~solvent & (distance_transform_edt(~solvent, sampling=vox[::-1]) > 0.9)
+    assert np.array_equal(mapfit.molecular_mask(atoms, density), expected)
+    near = (d <= 2.7).any(axis=1).reshape(density.shape)
+    assert np.array_equal(mapfit.sphere_mask(atoms.coords, 2.7, density), near)
+
+
+def test_q_score_undefined_near_the_box_edge(small_case):
+    """Atoms whose 2 Å sampling shells leave the box get NaN, not a score from zero padding."""
+    structure, density = small_case
+    atoms = structure.atoms()
+    cut = density.with_data(density.data[:, :, :-9].copy())  # drop 9 Å of the box along x
+    q = mapfit.q_scores(atoms, cut)
+    x_max = cut.origin[0] + (cut.shape[2] - 1) * cut.voxel_size[0]
+    near_edge = atoms.coords[:, 0] > x_max - 2.0
+    assert near_edge.any() and (~near_edge).any()
+    assert np.isnan(q[near_edge]).all() and np.isfinite(q[~near_edge]).all()
+    fit = mapfit.map_model_fit(structure, cut, 3.5)
+    assert fit.q_score_undefined_atoms == int(near_edge.sum())

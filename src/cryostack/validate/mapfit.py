@@ -144,6 +144,7 @@ def sphere_points(
     strides = np.array([shape[1] * shape[2], shape[2], 1])
     off_flat = off @ strides
     r2 = radius_A**2
+    chunk = max(1, min(chunk, (1 << 24) // len(off)))  # ≤ 16 M atom-offset pairs (128 MB) at once
     atoms_out, voxels_out = [], []
     for s0 in range(0, len(coords), chunk):
         c = coords[s0 : s0 + chunk]

@@ -97,6 +97,14 @@ def test_partly_outside_multichain_model(shared_file):
     assert fully_out and all(r["q_score"] is None for r in fully_out)
 
 
+def test_partial_model_in_filament_map_is_noted(shared_file):
+    """One actin subunit in the whole EMD-5168 filament: CC_peaks is negative and the report says why."""
+    result = _result("factin", shared_file)
+    assert result.map_model.cc_peaks < 0 < result.map_model.cc_mask
+    assert any(n.startswith("CC_peaks < 0") for n in result.notes)
+    assert not any(n.startswith("CC_peaks") for n in _result("factin_monomer", shared_file).notes)
+
+
 def test_shifted_model_fits_worse(shared_file):
     """The real fit is measurably better than the same model moved by 3 Å (no Q-score: speed)."""
     model_rel, map_rel, res = PAIRS["spike_ntd"]

@@ -115,6 +115,9 @@ def validate(
                                          atoms=atoms, stages=stages)
         if outside > 0:
             result.notes.append(f"{100 * outside:.1f}% of atoms lie outside the map box")
+        if result.map_model.cc_peaks is not None and result.map_model.cc_peaks < 0:
+            result.notes.append("CC_peaks < 0: the map's strongest density lies mostly where the model has none "
+                                "(a partial model in a larger map?); CC_mask and the local CCs are the fit measures")
         if result.map_model.q_score_undefined_atoms:
             result.notes.append(f"no Q-score for {result.map_model.q_score_undefined_atoms} atoms "
                                 "(within 2 Å of the map's edge, beyond it, or in flat density)")

@@ -224,6 +224,11 @@ def test_cli_bad_source_exits_2_without_output(tmp_path):
     assert r.returncode == 2
     assert "nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no PDB/mmCIF files"):
+        export_corpus(out, source=empty, progress=False)
+    assert not out.exists()  # the folder this run created is removed again
 
 
 # -- fresh exports (ProMod3 + mmseqs2) -----------------------------------------------------

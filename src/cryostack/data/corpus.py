@@ -27,6 +27,8 @@ import json
 import os
 import platform
 import queue
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -354,10 +356,26 @@ def export_corpus(
     sc_spec = _sidechain_spec(sidechains)
     wanted = sorted({e.strip().upper() for e in entries if e.strip()}) if entries else None
     opts = _Options(source=src, sidechains=sc_spec, seed=int(seed), limit=limit, rotamer_model=rotamer_model, split=_split_params(split_cfg), entries=wanted)
+    created = not out.exists()
+    try:
+        _run_export(out, opts, split_cfg, workers, progress, structure_db)
+    except InputError:
+        if created and out.is_dir():
+            shutil.rmtree(out)  # the folder is ours from this run: leave no partial output
+        raise
+    return Corpus(out)
+
+
+def _run_export(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, progress: bool, structure_db) -> None:
+    src = opts.source
     _claim_output(out, opts)
     reporter = _Progress(progress)
     t0 = datetime.datetime.now(datetime.timezone.utc)
     was_complete = (out / "corpus.json").is_file()
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # A plain `kill` should stop the workers and record the run like Ctrl-C does.
+        old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with reporter:
             if src == "promod3":
@@ -366,9 +384,14 @@ def export_corpus(
                 _export_user_dir(out, opts, workers, reporter)
             _finalise(out, opts, split_cfg, workers, reporter, t0)
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         if not was_complete:  # also an interrupted run: its time counts towards the export
             write_json(out / "runs.json", _runs(out) + [_run_record(t0, workers)])
-    return Corpus(out)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _split_params(cfg: SplitConfig) -> dict:

@@ -374,3 +374,32 @@ def test_user_directory_ingestion(tmp_path):
             assert full.n_atoms == heavy
             if HAVE_PROMOD3:
                 assert set(rec.dssp) <= set("HGIEBTSC-") and any(s in rec.dssp for s in "HE")
+
+
+def test_check_failures_move_groups_to_train_and_refill(monkeypatch):
+    """Held-out groups the check flags go to train for good; untried groups top val/test up."""
+    from cryostack.data import splits as sp
+
+    keys = [f"E{i}_A" for i in range(1000)]
+    entries = [k.split("_")[0] for k in keys]
+    seqs = [f"SEQ{i}" for i in range(1000)]
+    flagged: set[str] = set()
+    calls = []
+
+    def fake_verify(keys_, seqs_, labels, cfg, threads=1):
+        held = [k for k, lab in zip(keys_, labels) if lab != "train"]
+        calls.append(len(held))
+        # The first check flags every second held-out chain as related to train.
+        bad = [k for k in held if int(k[1:].split("_")[0]) % 2 == 0] if len(calls) == 1 else []
+        flagged.update(bad)
+        return {"passed": not bad, "violations": [{"query": k} for k in bad]}
+
+    monkeypatch.setattr(sp, "mmseqs_available", lambda: True)
+    monkeypatch.setattr(sp, "mmseqs_version", lambda: "fake")
+    monkeypatch.setattr(sp, "related_pairs", lambda *a, **k: [])
+    monkeypatch.setattr(sp, "verify_splits", fake_verify)
+    labels, summary, report = sp.make_splits(keys, entries, seqs, SplitConfig(seed=1, refill_rounds=1))
+    assert flagged and all(labels[keys.index(k)] == "train" for k in flagged)
+    assert summary["chains_moved_to_train_after_check"] == len(flagged)
+    assert summary["refill_rounds_done"] == 1 and len(calls) == 3  # check, re-check, check after refill
+    assert labels.count("test") == 50 and labels.count("val") == 50  # back at 5 % each

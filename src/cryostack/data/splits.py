@@ -36,6 +36,7 @@ class SplitConfig:
     min_coverage: float = 0.5  # of the shorter chain
     min_aligned_residues: int = 80  # or an aligned stretch this long (shared domains)
     max_group_fraction: float = 0.01  # groups larger than this share of chains go to train
+    refill_rounds: int = 3  # after a passed check, top val/test up with untried groups, re-check
     evalue: float = 1e-3
     cluster_sensitivity: float = 4.0  # mmseqs easy-cluster default
     verify_sensitivity: float = 7.5
@@ -176,24 +177,40 @@ def assign_splits(keys: list[str], entries: list[str], sequences: list[str], pai
 
 
 def _label_groups(groups: np.ndarray, cfg: SplitConfig) -> list[str]:
+    return _draw(groups, cfg)[0]
+
+
+def _draw(groups: np.ndarray, cfg: SplitConfig) -> tuple[list[str], list[tuple[int, int]]]:
+    """Labels from groups drawn in a seeded order, and the drawable groups left in train."""
     n = len(groups)
     roots, sizes = np.unique(groups, return_counts=True)
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(roots))
+    order = np.random.default_rng(cfg.seed).permutation(len(roots))
+    candidates = [(int(roots[j]), int(sizes[j])) for j in order if sizes[j] <= max(1, cfg.max_group_fraction * n)]
+    labels = ["train"] * n
+    rest = _fill(candidates, groups, labels, cfg)
+    return labels, rest
+
+
+def _fill(candidates: list[tuple[int, int]], groups: np.ndarray, labels: list[str], cfg: SplitConfig) -> list[tuple[int, int]]:
+    """Move candidate groups (in order) from train to test/val up to their targets; return the rest."""
+    n = len(groups)
     targets = {"test": cfg.test_fraction * n, "val": cfg.val_fraction * n}
-    filled = {"test": 0, "val": 0}
-    label_of_root = {}
-    for j in order:
-        root, size = int(roots[j]), int(sizes[j])
-        label = "train"
-        if size <= max(1, cfg.max_group_fraction * n):
-            for split in ("test", "val"):
-                if filled[split] + size <= targets[split] + 0.5 * size:
-                    label = split
-                    filled[split] += size
-                    break
-        label_of_root[root] = label
-    return [label_of_root[int(g)] for g in groups]
+    filled = {s: labels.count(s) for s in targets}
+    placed: dict[int, str] = {}
+    rest = []
+    for root, size in candidates:
+        for split in ("test", "val"):
+            if filled[split] + size <= targets[split] + 0.5 * size:
+                placed[root] = split
+                filled[split] += size
+                break
+        else:
+            rest.append((root, size))
+    if placed:
+        for i, g in enumerate(groups):
+            if int(g) in placed:
+                labels[i] = placed[int(g)]
+    return rest
 
 
 def verify_splits(keys: list[str], sequences: list[str], labels: list[str], cfg: SplitConfig, *, threads: int = 1) -> dict:
@@ -222,30 +239,42 @@ def verify_splits(keys: list[str], sequences: list[str], labels: list[str], cfg:
     return report
 
 
-def make_splits(keys: list[str], entries: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1, rounds: int = 5) -> tuple[list[str], dict, dict]:
+def make_splits(keys: list[str], entries: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1) -> tuple[list[str], dict, dict]:
     """Splits, their summary and the stored verification.
 
     The verification searches more sensitively than the clustering; a val/test chain it finds
     related to a train chain moves, with its whole group, to train, and the check is repeated
-    (train only grows, so this converges) up to ``rounds`` times.
+    (train only grows, so this ends). After a passed check, val/test below target are topped up
+    with groups not drawn yet (``refill_rounds`` times), each time checked again.
     """
     if not mmseqs_available():
         raise RuntimeError("mmseqs2 not found (Debian package mmseqs2); it is needed to make the splits")
     cfg.mmseqs_version = mmseqs_version()
     pairs = related_pairs(keys, sequences, cfg, threads=threads)
-    labels, summary = assign_splits(keys, entries, sequences, pairs, cfg)
+    _, summary = assign_splits(keys, entries, sequences, pairs, cfg)
     groups = summary.pop("_groups")
+    labels, rest = _draw(groups, cfg)
     index = {k: i for i, k in enumerate(keys)}
     moved = []
-    for _ in range(rounds):
+    refills = 0
+    while True:
         report = verify_splits(keys, sequences, labels, cfg, threads=threads)
-        if report["passed"]:
+        if not report["passed"]:
+            bad_groups = {groups[index[v["query"]]] for v in report["violations"]}
+            for i, g in enumerate(groups):
+                if g in bad_groups and labels[i] != "train":
+                    moved.append(keys[i])
+                    labels[i] = "train"
+            continue  # train only grew: re-check (terminates, held-out groups are finite)
+        if refills >= cfg.refill_rounds or not rest:
             break
-        bad_groups = {groups[index[v["query"]]] for v in report["violations"]}
-        for i, g in enumerate(groups):
-            if g in bad_groups and labels[i] != "train":
-                moved.append(keys[i])
-                labels[i] = "train"
+        before = len(rest)
+        rest = _fill(rest, groups, labels, cfg)  # top val/test up with groups not tried yet
+        refills += 1
+        if len(rest) == before:
+            break
+    report["refill_rounds_done"] = refills
+    summary["refill_rounds_done"] = refills
     report["chains_moved_to_train_after_check"] = len(moved)
     summary["chains_moved_to_train_after_check"] = len(moved)
     summary["config"] = asdict(cfg)

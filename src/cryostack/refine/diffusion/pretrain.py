@@ -216,19 +216,43 @@ def train(
     return state
 
 
-def _corpus_examples(corpus, split: str, full_atom: bool, limit: int | None = None):
+def _heldout_entries(corpora) -> set[str]:
+    """PDB entries in the val or test split of any of ``corpora`` (never trained on)."""
+    out: set[str] = set()
+    for c in corpora:
+        out |= {r["pdb_id"].upper() for r in c.table() if r["split"] in ("val", "test")}
+    return out
+
+
+def _corpus_examples(corpus, split: str, full_atom: bool, limit: int | None = None,
+                     exclude_entries: set[str] = frozenset(), full_atom_from=None):
+    """Lazily loaded examples of ``split``; ``full_atom_from`` (another corpus) supplies
+    full-atom chains for the same (PDB entry, chain) where it has them."""
+    rows = corpus.table()
     idx = np.asarray(corpus.split_indices(split))
+    idx = np.array([i for i in idx if rows[i]["pdb_id"].upper() not in exclude_entries], dtype=np.int64)
     if limit is not None:
         idx = idx[:limit]
+    extra = {}
+    if full_atom_from is not None and full_atom:
+        for r in full_atom_from.table():
+            if r["split"] != "test" and int(r["has_sidechains"]):
+                extra[(r["pdb_id"].upper(), r["chain_id"])] = int(r["index"])
     cache: dict[int, Example] = {}
 
     def get(i: int) -> Example:
         j = int(idx[i])
         if j not in cache:
-            cache[j] = example_from_chain(corpus.chain(j), full_atom=full_atom, name=str(j))
+            key = (rows[j]["pdb_id"].upper(), rows[j]["chain_id"])
+            if key in extra:
+                rec = full_atom_from.chain(extra[key])
+            else:
+                rec = corpus.chain(j)
+            cache[j] = example_from_chain(rec, full_atom=full_atom, name=f"{key[0]}_{key[1]}")
         return cache[j]
 
     get.n = len(idx)  # type: ignore[attr-defined]
+    get.n_full_atom = sum(1 for j in idx if (rows[j]["pdb_id"].upper(), rows[j]["chain_id"]) in extra)  # type: ignore[attr-defined]
     return get, idx
 
 
@@ -254,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-atoms", type=int, default=PretrainConfig.crop_atoms)
     p.add_argument("--val-chains", type=int, default=PretrainConfig.val_chains)
     p.add_argument("--backbone-only", action="store_true", help="ignore full-atom chains")
+    p.add_argument("--full-atom-from", help="another corpus (e.g. a sample with ProMod3 side chains) whose "
+                   "full-atom chains replace the same chains of --corpus")
+    p.add_argument("--hold-out-from", action="append", default=[],
+                   help="also never train on entries in the val/test split of this corpus (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
@@ -261,11 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     from cryostack.data.corpus import Corpus
 
-    corpus = Corpus(a.corpus)
+    corpus = Corpus(a.corpus, cache_shards=64)
+    fa_corpus = Corpus(a.full_atom_from) if a.full_atom_from else None
+    held = _heldout_entries([Corpus(d) for d in a.hold_out_from])
+    # a full-atom chain is only used when the main corpus puts its entry in train (checked by index)
     pcfg = PretrainConfig(steps=a.steps, max_hours=a.max_minutes / 60, batch_chains=a.batch_chains,
                           crop_atoms=a.crop_atoms, val_chains=a.val_chains, seed=a.seed,
                           full_atom=not a.backbone_only)
-    get_train, train_idx = _corpus_examples(corpus, "train", pcfg.full_atom)
+    get_train, train_idx = _corpus_examples(corpus, "train", pcfg.full_atom, exclude_entries=held,
+                                            full_atom_from=fa_corpus)
     get_val, val_idx = _corpus_examples(corpus, "val", pcfg.full_atom, limit=pcfg.val_chains)
     vrng = np.random.default_rng(7)
     val = [spatial_crop(get_val(i), 2000, vrng) for i in range(get_val.n)]
@@ -280,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads()},
         "corpus": str(Path(a.corpus).resolve()),
-        "train_chains_in_split": int(len(train_idx)),
+        "train_chains_used": int(len(train_idx)),
+        "train_chains_full_atom": int(get_train.n_full_atom),
+        "held_out_entries_from_other_corpora": sorted(held),
+        "full_atom_from": str(Path(a.full_atom_from).resolve()) if a.full_atom_from else None,
+        "corpus_splits": corpus.info.get("splits"),
         "val_chains_evaluated": int(len(val_idx)),
         "steps": state.step,
         "wall_time_s": round(state.elapsed_s, 1),

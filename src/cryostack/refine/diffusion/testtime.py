@@ -1,11 +1,12 @@
 """Test-time optimisation of the pretrained denoiser against a refinement objective (CryoNet.Refine).
 
 Per case, only the denoiser's weights are optimised: each step runs the one-step denoiser on the
-current input model at a small fixed sigma, scores the output with the refinement objective
-(density + geometry), and takes an Adam step on the weights. A recycle is
-``steps_per_recycle`` such steps on a fixed input; after it, the output becomes the next input
-(``feed_back``), as the recycling of the paper's Algorithm 1. Recycling stops early once the
-loss has not improved for ``patience`` recycles; the coordinates with the lowest loss seen
+input model at a small fixed sigma, scores the output with the refinement objective (density +
+geometry), and takes an Adam step on the weights. A recycle is ``steps_per_recycle`` such steps;
+by default every recycle denoises the same starting model (the paper's Algorithm 1), while
+``feed_back=True`` makes each recycle start from the previous recycle's output instead (measured
+worse here: the adapted weights then apply their correction twice). Recycling stops once the
+best loss has not improved for ``patience`` recycles; the coordinates with the lowest loss seen
 (the input included) are returned.
 """
 
@@ -35,7 +36,8 @@ def config_from(config, **overrides) -> TestTimeConfig:
     """A :class:`TestTimeConfig` from the shared ``RefineConfig`` and keyword overrides.
 
     Taken from ``config``: ``max_recycles``, ``steps_per_recycle``, ``patience``,
-    ``min_improvement``, ``seed``, ``device``. ``config.lr`` defaults to a coordinate step in Å
+    ``min_improvement``, ``seed``, ``device`` and, if it has one, ``denoiser_weights``
+    (checkpoint path; the packaged one otherwise). ``config.lr`` defaults to a coordinate step in Å
     for the direct optimiser, far too large for network weights, so it is used as the weight
     learning rate only when set away from ``RefineConfig``'s default.
     """
@@ -44,6 +46,8 @@ def config_from(config, **overrides) -> TestTimeConfig:
         v = getattr(config, name, None)
         if v is not None:
             setattr(ttc, name, v)
+    if getattr(config, "denoiser_weights", None):
+        ttc.weights = str(config.denoiser_weights)
     lr = getattr(config, "lr", None)
     if lr is not None:
         default = getattr(type(config), "lr", None)

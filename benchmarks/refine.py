@@ -182,10 +182,13 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["best_recycle"] = result.best_recycle
         extra["crops"] = result.crops
     wall = time.perf_counter() - t0
+    ru_self, ru_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru_self.ru_utime + ru_self.ru_stime + ru_children.ru_utime + ru_children.ru_stime
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     row = {"case": case, "kind": info["kind"], "method": method, "resolution_A": info["resolution_A"],
            "n_residues": info.get("n_residues"), "wall_s": wall if method != "input" else 0.0,
+           "cpu_s_including_setup": cpu if method != "input" else 0.0,
            "peak_rss_MiB": max(peak_self, peak_children) if method != "input" else None, **extra}
     row.update(metrics(model_out, info))
     return row

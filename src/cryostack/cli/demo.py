@@ -34,7 +34,7 @@ def perturb(structure, noise_A: float = NOISE_A, shift_A=SHIFT_A, seed: int = 0)
 
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
-    max_recycles: int = typer.Option(4, "--max-recycles", help="Most refinement recycles."),
+    max_recycles: int = typer.Option(8, "--max-recycles", help="Most refinement recycles."),
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbation and the refinement."),
 ) -> None:
     """Perturb the deposited spike NTD model and refine it back into its map (EMD-21457 / 6VYB)."""
@@ -89,8 +89,7 @@ def demo(
             status.update(f"refining: recycle {recycle}/{max_recycles}, CC {cc:.3f}, loss {loss:.4g}, "
                           f"bond {terms['bond']:.3g}, angle {terms['angle']:.3g}, rama {terms['rama']:.3g}")
 
-        # A lighter schedule than the default keeps the demo to a minute or two on 2 CPU cores.
-        config = RefineConfig(max_recycles=max_recycles, steps_per_recycle=30, rigid_steps=30, seed=seed)
+        config = RefineConfig(max_recycles=max_recycles, seed=seed)
         refined, result = refine(start, density, res, config, progress=progress)
     wall = time.perf_counter() - t0
     with console.status("validating the refined model"):

@@ -128,20 +128,19 @@ class RestraintSet:
 
 def build_restraints(structure: Structure) -> RestraintSet:
     """Restraints of the first model of ``structure`` from the CCP4 monomer library (via gemmi)."""
-    from cryostack.validate.geometry import _topology  # the shared monomer-library loader
+    from cryostack.validate.geometry import _key, _topology  # the shared monomer-library loader
 
     st = structure.gemmi.clone()
-    n = 0
-    for chain in st[0]:
-        for res in chain:
-            for atom in res:
-                n += 1
-                atom.serial = n  # survives the topology's clone: maps restraint atoms to our order
     _close_links(st)
+    # Topology atoms are copies, and gemmi renumbers serials when an atom without a dictionary
+    # entry is dropped and the topology retried (3MFP's methylated HIS73 shifted every later
+    # index by one), so restraint atoms are mapped back to our order by name, altloc and position.
+    where = {_key(atom): i for i, atom in enumerate(a for chain in st[0] for res in chain for a in res)}
+    n = sum(1 for chain in st[0] for res in chain for _ in res)
     _, topo, missing = _topology(Structure(st))
 
     def idx(atoms) -> list[int]:
-        return [a.serial - 1 for a in atoms]
+        return [where[_key(a)] for a in atoms]
 
     bonds = [(idx(b.atoms), b.restr.value, b.restr.esd) for b in topo.bonds]
     angles = [(idx(a.atoms), math.radians(a.restr.value), math.radians(a.restr.esd)) for a in topo.angles]

@@ -20,8 +20,9 @@ from cryostack.refine.objective import LossWeights, RefinementObjective
 
 @dataclass
 class RefineConfig:
-    """How to optimise. ``lr`` is Adam's step in Å for ``"direct"`` (the diffusion optimiser reads
-    it as its own learning rate)."""
+    """How to optimise. ``lr`` is Adam's step in Å for ``"direct"``; the diffusion optimiser keeps
+    its own learning rate for the denoiser's weights (``TestTimeConfig.lr``) unless ``lr`` is set
+    away from this default."""
 
     method: str = "direct"
     max_recycles: int = 8

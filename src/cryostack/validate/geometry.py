@@ -90,20 +90,31 @@ class GeometryResult:
 
 
 def _topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
-    st = structure.gemmi.clone()
-    st.setup_entities()
-    names = tuple(sorted(st[0].get_all_residue_names()))
+    names = tuple(sorted(structure.model.get_all_residue_names()))
     monlib = _monlib(names)
     missing = [n for n in names if n not in monlib.monomers]
-    if missing:
-        # Score what has a dictionary; report the rest.
-        for chain in st[0]:
-            for i in reversed(range(len(chain))):
-                if chain[i].name in missing:
-                    del chain[i]
-        st.remove_empty_chains()
-    # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out.
+    dropped: list[tuple[str, str, str]] = []  # (chain, seqid, atom name) the dictionary does not know
+
+    def prepared() -> gemmi.Structure:
+        st = structure.gemmi.clone()
+        st.setup_entities()
+        if missing:
+            # Score what has a dictionary; report the rest.
+            for chain in st[0]:
+                for i in reversed(range(len(chain))):
+                    if chain[i].name in missing:
+                        del chain[i]
+            st.remove_empty_chains()
+        for chain, seqid, atom_name in dropped:
+            res = st[0][chain][seqid][0]
+            for i in reversed([i for i, a in enumerate(res) if a.name == atom_name]):
+                del res[i]
+        return st
+
+    # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out. A
+    # failed prepare_topology can leave links and serials half set up, so each try starts afresh.
     for _ in range(1000):
+        st = prepared()
         try:
             topo = gemmi.prepare_topology(
                 st, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange, reorder=False,
@@ -116,10 +127,7 @@ def _topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[s
                 raise
             chain, resname, num, icode, atom_name = m.groups()
             missing.append(f"{chain}/{resname}{num}{icode}/{atom_name}")
-            res = st[0][chain][f"{num}{icode}"][0]
-            idx = [i for i, a in enumerate(res) if a.name == atom_name]
-            for i in reversed(idx):
-                del res[i]
+            dropped.append((chain, f"{num}{icode}", atom_name))
     raise RuntimeError("too many atoms without a dictionary definition")
 
 

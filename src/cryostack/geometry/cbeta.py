@@ -39,9 +39,7 @@ def build_cbeta(arr) -> CbetaSet:
     """Cβ quadruples (N, CA, C, CB) of the protein residues of :class:`AtomArrays` ``arr``."""
     from cryostack.io.models import PROTEIN
 
-    lookup: dict[tuple[int, str], int] = {}
-    for i, (r, nm) in enumerate(zip(arr.residue_index, arr.atom_names)):
-        lookup.setdefault((int(r), nm), i)
+    lookup = arr.atom_lookup()
     idx, ideal = [], []
     for r, name in enumerate(arr.residue_names):
         if arr.residue_class[r] != PROTEIN or name == "GLY":

@@ -63,9 +63,7 @@ class RamaSet:
 
 def build_rama(arr) -> RamaSet:
     """(φ, ψ) quadruples and categories of the protein residues of :class:`AtomArrays` ``arr``."""
-    lookup: dict[tuple[int, str], int] = {}
-    for i, (r, nm) in enumerate(zip(arr.residue_index, arr.atom_names)):
-        lookup.setdefault((int(r), nm), i)
+    lookup = arr.atom_lookup()
     names = arr.residue_names
     xyz = arr.coords.astype(np.float64)
 

@@ -213,10 +213,7 @@ def _close_links(st: gemmi.Structure) -> None:
 
 def _peptide_omegas(arr) -> list[tuple[list[int], float]]:
     """(CA, C, N, CA) quadruples of peptide-linked residues and their target ω (0 or π)."""
-    names = arr.atom_names
-    lookup: dict[tuple[int, str], int] = {}
-    for i, (r, nm) in enumerate(zip(arr.residue_index, names)):
-        lookup.setdefault((int(r), nm), i)  # first altloc
+    lookup = arr.atom_lookup()
     out = []
     for r in range(len(arr.residue_names) - 1):
         if arr.residue_chain[r] != arr.residue_chain[r + 1]:

@@ -64,9 +64,7 @@ class RotamerSet:
 
 def build_rotamers(arr) -> RotamerSet:
     """Chi quadruples of every complete side chain with a Top8000 grid (first altloc)."""
-    lookup: dict[tuple[int, str], int] = {}
-    for i, (r, nm) in enumerate(zip(arr.residue_index, arr.atom_names)):
-        lookup.setdefault((int(r), nm), i)
+    lookup = arr.atom_lookup()
     groups: dict[str, list] = {}
     for r, name in enumerate(arr.residue_names):
         quads = CHI_ATOMS.get(name)

@@ -81,6 +81,13 @@ class AtomArrays:
         names = np.array(self.atom_names, dtype=object)
         return self.is_polymer & np.isin(names, list(_BACKBONE))
 
+    def atom_lookup(self) -> dict[tuple[int, str], int]:
+        """``(residue index, atom name) → atom index``; the first altloc of an atom wins."""
+        lookup: dict[tuple[int, str], int] = {}
+        for i, (r, name) in enumerate(zip(self.residue_index.tolist(), self.atom_names)):
+            lookup.setdefault((r, name), i)
+        return lookup
+
     def torch(self, device: str = "cpu"):
         """The numeric arrays as torch tensors on ``device`` (dict of name → tensor)."""
         import torch

@@ -111,4 +111,13 @@ def available_methods() -> list[str]:
 
 
 def terms_as_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+
+
+def recycle_cc(objective, coords: torch.Tensor, terms: dict) -> float:
+    """The density CC at ``coords`` for progress and history, from the objective's terms when
+    its density term (1 − CC) was computed, which saves a second map simulation."""
+    w = getattr(objective, "weights", None)
+    if "density" in terms and (w is None or getattr(w, "density", 1.0)):
+        return 1.0 - float(terms["density"])
+    return float(objective.cc(coords))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from cryostack.refine.api import OPTIMIZERS, RecycleRecord, RefineConfig, RefineResult, terms_as_floats
+from cryostack.refine.api import OPTIMIZERS, RecycleRecord, RefineConfig, RefineResult, recycle_cc, terms_as_floats
 from cryostack.refine.objective import RefinementObjective
 
 
@@ -119,7 +119,7 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
 
     with torch.no_grad():
         loss, terms = objective(start)
-    history = [RecycleRecord(0, float(loss), terms_as_floats(terms), _cc(objective, start, terms))]
+    history = [RecycleRecord(0, float(loss), terms_as_floats(terms), recycle_cc(objective, start, terms))]
     best_loss, best_x, best_recycle = float(loss), start.clone(), 0
     if progress is not None:
         progress(0, float(loss), history[0].terms, history[0].cc)
@@ -136,7 +136,7 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
         with torch.no_grad():
             x = coords()
             loss, terms = objective(x)
-        rec = RecycleRecord(recycle, float(loss), terms_as_floats(terms), _cc(objective, x, terms))
+        rec = RecycleRecord(recycle, float(loss), terms_as_floats(terms), recycle_cc(objective, x, terms))
         history.append(rec)
         if progress is not None:
             progress(recycle, rec.loss, rec.terms, rec.cc)
@@ -150,10 +150,6 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
                 break
     return RefineResult(coords=best_x.cpu().numpy(), history=history, method="direct", best_recycle=best_recycle,
                         wall_s=time.perf_counter() - t0)
-
-
-def _cc(objective: RefinementObjective, x: torch.Tensor, terms: dict) -> float:
-    return 1.0 - float(terms["density"]) if objective.weights.density else objective.cc(x)
 
 
 OPTIMIZERS["direct"] = optimize_direct

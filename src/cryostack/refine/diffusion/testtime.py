@@ -60,18 +60,6 @@ def config_from(config, **overrides) -> TestTimeConfig:
     return ttc
 
 
-def _terms(terms: dict) -> dict[str, float]:
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
-
-
-def _cc(objective, coords, terms) -> float:
-    # the density term is 1 - CC whenever it is weighted; avoid a second map simulation
-    w = getattr(objective, "weights", None)
-    if "density" in terms and (w is None or getattr(w, "density", 1.0)):
-        return 1.0 - float(terms["density"])
-    return float(objective.cc(coords))
-
-
 def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenoiser | None = None,
                      feats: AtomFeatures | None = None, **overrides):
     """Refine the objective's model by test-time optimisation of the denoiser's weights.
@@ -90,7 +78,7 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     """
     import copy
 
-    from cryostack.refine.api import RecycleRecord, RefineResult
+    from cryostack.refine.api import RecycleRecord, RefineResult, recycle_cc, terms_as_floats
 
     t0 = time.perf_counter()
     ttc = config_from(config, **overrides)
@@ -113,7 +101,7 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     with torch.no_grad():
         loss0, terms0 = objective(x0)
     best_loss, best_coords, best_recycle = float(loss0), x0.clone(), 0
-    history = [RecycleRecord(0, best_loss, _terms(terms0), _cc(objective, x0, terms0))]
+    history = [RecycleRecord(0, best_loss, terms_as_floats(terms0), recycle_cc(objective, x0, terms0))]
     if progress is not None:
         progress(0, best_loss, history[0].terms, history[0].cc)
     x_in, stale = x0, 0
@@ -132,7 +120,7 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
         with torch.no_grad():
             out = step_output(x_in, graph)
             loss, terms = objective(out)
-        rec = RecycleRecord(recycle, float(loss), _terms(terms), _cc(objective, out, terms))
+        rec = RecycleRecord(recycle, float(loss), terms_as_floats(terms), recycle_cc(objective, out, terms))
         history.append(rec)
         if progress is not None:
             progress(recycle, rec.loss, rec.terms, rec.cc)

@@ -52,33 +52,12 @@ REAL_RESOLUTION_A = {"4uft": 3.3, "6ksw": 3.6, "6vrc": 3.1}
 
 
 # -- case preparation (deterministic) ------------------------------------------------------------
-def perturb(structure, noise_A: float, shift_A, seed: int, halves_shift_A: tuple[float, float] | None = None):
-    """Polymer atoms displaced by Gaussian noise, a rigid shift, and optionally rigid shifts of two
-    spatial halves (split on the longest axis) of a random size in ``halves_shift_A`` Å."""
-    arr = structure.atoms()
-    rng = np.random.default_rng(seed)
-    x = arr.coords.astype(np.float64).copy()
-    move = arr.is_polymer
-    x[move] += rng.normal(0, noise_A, (int(move.sum()), 3)) + np.asarray(shift_A)
-    if halves_shift_A is not None:
-        centred = x - x[move].mean(0)
-        axis = np.argmax(np.ptp(x[move], axis=0))
-        res_side = np.zeros(len(arr.residue_names), dtype=bool)
-        res_mean = np.zeros(len(arr.residue_names))
-        np.add.at(res_mean, arr.residue_index, centred[:, axis])
-        res_side = res_mean > 0
-        for side in (False, True):
-            sel = move & (res_side[arr.residue_index] == side)
-            d = rng.normal(size=3)
-            x[sel] += d / np.linalg.norm(d) * rng.uniform(*halves_shift_A)
-    return structure.with_coordinates(x)
-
-
 def prepare(case: str, work: Path) -> dict:
     """Files of one case: ``{"map", "model", "resolution_A", "truth"}`` (paths), written under ``work``."""
     from cryostack.density.simulate import grid_around_atoms, simulate_model_map
     from cryostack.io.maps import DensityMap, write_map
     from cryostack.io.models import read_structure
+    from cryostack.refine.perturb import perturb_model
 
     d = work / "cases" / case
     d.mkdir(parents=True, exist_ok=True)
@@ -92,7 +71,7 @@ def prepare(case: str, work: Path) -> dict:
         info = {"kind": "real", "map": str(SHARED / map_rel), "resolution_A": res, "truth": None,
                 "n_residues": len(model.atoms().residue_names)}
         if do_perturb:
-            start = perturb(model, 0.3, (0.9, -0.9, 0.7), seed=0)
+            start = perturb_model(model, 0.3, (0.9, -0.9, 0.7), seed=0)
             info["model"] = str(start.write(d / "start.pdb"))
             info["truth"] = str(SHARED / model_rel)
         else:
@@ -111,7 +90,7 @@ def prepare(case: str, work: Path) -> dict:
         data = data + rng.normal(0, signal / 3.0, data.shape).astype(np.float32)
         map_path = write_map(DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin),
                              d / "map.mrc")
-        start = perturb(truth, 0.3, (0, 0, 0), seed=int(idx), halves_shift_A=(2.0, 5.0))
+        start = perturb_model(truth, 0.3, (0, 0, 0), seed=int(idx), domain_shift_A=(2.0, 5.0))
         info = {"kind": "simulated", "map": str(map_path), "resolution_A": res, "truth": str(truth_path),
                 "model": str(start.write(d / "start.pdb")), "n_residues": len(truth.atoms().residue_names)}
     meta.write_text(json.dumps(info, indent=2))

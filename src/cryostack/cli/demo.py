@@ -20,18 +20,6 @@ NOISE_A = 0.3
 SHIFT_A = (1.0, -0.8, 0.6)
 
 
-def perturb(structure, noise_A: float = NOISE_A, shift_A=SHIFT_A, seed: int = 0):
-    """The structure with its polymer atoms displaced by seeded noise plus a rigid shift (Å);
-    ligands and waters stay where they were deposited."""
-    import numpy as np
-
-    arr = structure.atoms()
-    rng = np.random.default_rng(seed)
-    move = arr.is_polymer[:, None]
-    delta = rng.normal(0.0, noise_A, arr.coords.shape) + np.asarray(shift_A, dtype=np.float64)
-    return structure.with_coordinates(arr.coords + move * delta)
-
-
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
     max_recycles: int = typer.Option(8, "--max-recycles", help="Most refinement recycles."),
@@ -42,7 +30,8 @@ def demo(
 
     import numpy as np
 
-    from cryostack.cli.refine import report_rows
+    from cryostack.refine.perturb import perturb_model
+    from cryostack.refine.report import report_rows
     from cryostack.density.metrics import correlation, placement_statistics
     from cryostack.density.simulate import simulate_model_map
     from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL, SPIKE_NTD_RESOLUTION_A
@@ -77,7 +66,7 @@ def demo(
                   f"model-map CC within {res} Å of atoms {cc_near:.3f} ({cc_shift:.3f} when shifted 2 Å)",
                   highlight=False)
 
-    start = perturb(deposited, seed=seed)
+    start = perturb_model(deposited, NOISE_A, SHIFT_A, seed=seed)
     console.print(f"perturbed: noise {NOISE_A} Å per axis + rigid shift {SHIFT_A} Å on polymer atoms (seed {seed})",
                   highlight=False)
 

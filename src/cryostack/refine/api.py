@@ -41,6 +41,9 @@ class RefineConfig:
     crop_margin_A: float = 8.0
     #: Minimum relative improvement of the best total loss that resets the patience counter.
     min_improvement: float = 1e-3
+    #: After the recycles, put non-favoured side chains into their best Top8000 rotamer
+    #: (:mod:`cryostack.refine.rotamer_fit`) and polish with one short Adam recycle ("direct").
+    fit_rotamers: bool = True
 
 
 @dataclass
@@ -49,11 +52,16 @@ class RecycleRecord:
     loss: float
     terms: dict[str, float]
     cc: float
+    #: What produced these coordinates: ``"start"``, ``"adam"`` (a recycle), ``"rotamer_fit"`` or ``"polish"``.
+    stage: str = "adam"
 
 
 @dataclass
 class RefineResult:
-    """``coords`` ``(N, 3)`` Å: the best model by total loss; ``history``: one record per recycle."""
+    """``coords`` ``(N, 3)`` Å: the returned model, ``history[best_recycle]`` (the best by total loss,
+    except that the direct optimiser prefers its rotamer-fitted model within a small tolerance, see
+    :mod:`cryostack.refine.direct`); ``history``: one record per recycle or stage;
+    ``rotamer_fit``: the rotamer-fitting stats (``None`` when the stage did not run)."""
 
     coords: np.ndarray
     history: list[RecycleRecord] = field(default_factory=list)
@@ -61,6 +69,7 @@ class RefineResult:
     best_recycle: int = 0
     crops: int = 1
     wall_s: float = 0.0
+    rotamer_fit: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +77,7 @@ class RefineResult:
             "best_recycle": self.best_recycle,
             "crops": self.crops,
             "wall_s": self.wall_s,
+            "rotamer_fit": self.rotamer_fit,
             "history": [r.__dict__ for r in self.history],
         }
 

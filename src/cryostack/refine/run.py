@@ -158,7 +158,7 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
     core, crops = crop_assignment(structure, config)
     atom_core = core[arr.residue_index]
     polymer_atoms = np.isin(arr.residue_class[arr.residue_index], (PROTEIN, DNA, RNA))
-    history = []
+    history, fits = [], []
     for ci, (crop_id, residues) in enumerate(crops):
         current = structure.with_coordinates(coords)
         sub, index = _sub_structure(current, residues)
@@ -172,6 +172,7 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
         mine = (atom_core[index] == crop_id) & movable
         coords[index[mine]] = res.coords[mine]
         history.extend(res.history)
+        fits.append(res.rotamer_fit)
     # Relax the seams: a short pass over the whole model from the merged coordinates.
     merged = structure.with_coordinates(coords)
     seam_config = RefineConfig(**{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4})
@@ -179,5 +180,15 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
     res = optimizer(obj, seam_config, None if progress is None else
                     (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))))
     history.extend(res.history[1:])
+    fits.append(res.rotamer_fit)
     return RefineResult(coords=res.coords, history=history, method=config.method,
-                        best_recycle=res.best_recycle, crops=len(crops))
+                        best_recycle=res.best_recycle, crops=len(crops), rotamer_fit=_sum_fits(fits))
+
+
+def _sum_fits(fits: list) -> dict | None:
+    """Rotamer-fitting stats of the crops and the seam pass, counts summed (``None`` if none ran)."""
+    fits = [f for f in fits if f]
+    if not fits:
+        return None
+    return {"tried": sum(f["tried"] for f in fits), "changed": sum(f["changed"] for f in fits),
+            "kept": sum(bool(f.get("kept")) for f in fits), "stages": fits}

@@ -154,7 +154,11 @@ def build_restraints(structure: Structure) -> RestraintSet:
         chirs.append((idx(c.atoms), sign * ideal))
 
     arr = structure.atoms()
-    omegas = _peptide_omegas(arr)
+    # ω only where the topology has the peptide bond: a C(i)–N(j) pair a few Å apart across a
+    # numbering gap (a missing residue) is a chain break, not a peptide.
+    names = arr.atom_names
+    peptide_bonds = {(min(i, j), max(i, j)) for (i, j), _, _ in bonds if {names[i], names[j]} == {"C", "N"}}
+    omegas = _peptide_omegas(arr, peptide_bonds)
     kmax = max((len(p[0]) for p in planes), default=1)
     plane_index = np.zeros((len(planes), kmax), dtype=np.int64)
     plane_mask = np.zeros((len(planes), kmax), dtype=bool)
@@ -211,8 +215,9 @@ def _close_links(st: gemmi.Structure) -> None:
                             atom.pos = atom.pos + shift
 
 
-def _peptide_omegas(arr) -> list[tuple[list[int], float]]:
-    """(CA, C, N, CA) quadruples of peptide-linked residues and their target ω (0 or π)."""
+def _peptide_omegas(arr, peptide_bonds: set[tuple[int, int]]) -> list[tuple[list[int], float]]:
+    """(CA, C, N, CA) quadruples of residues joined by one of ``peptide_bonds`` (atom index
+    pairs, smaller first) and their target ω (0 or π)."""
     lookup = arr.atom_lookup()
     out = []
     for r in range(len(arr.residue_names) - 1):
@@ -221,9 +226,9 @@ def _peptide_omegas(arr) -> list[tuple[list[int], float]]:
         quad = [lookup.get((r, "CA")), lookup.get((r, "C")), lookup.get((r + 1, "N")), lookup.get((r + 1, "CA"))]
         if any(q is None for q in quad):
             continue
-        xyz = arr.coords[quad].astype(np.float64)
-        if np.linalg.norm(xyz[1] - xyz[2]) > PEPTIDE_BOND_MAX_A:
+        if (min(quad[1], quad[2]), max(quad[1], quad[2])) not in peptide_bonds:
             continue
+        xyz = arr.coords[quad].astype(np.float64)
         omega = _dihedral_np(*xyz)
         out.append((quad, 0.0 if abs(math.degrees(omega)) < CIS_BELOW_DEG else math.pi))
     return out

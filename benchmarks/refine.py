@@ -6,9 +6,11 @@ Cases
   models (benchmark use only: nothing of them enters the repository), and the spike NTD
   (EMD-21457 / 6VYB, 3.2 Å) and F-actin (EMD-5168 / 3MFP, 6.6 Å) maps from perturbed deposited
   models (noise 0.3 Å per axis plus a 1.5 Å rigid shift, seeded).
-* simulated: test-split chains of a cryostack corpus with full atoms; the truth's map simulated
-  at 3, 4.5 and 6 Å with Gaussian noise (SNR 3 in the molecule's box), starting models perturbed
-  with coordinate noise (0.3 Å per axis) and rigid shifts of 2–5 Å of two spatial halves.
+* simulated: test-split chains of a cryostack corpus with full atoms (chains the packaged denoiser
+  saw in training excluded); the truth's map simulated at 3, 4.5 and 6 Å with coloured noise at
+  the level where two independent copies reach FSC 0.143 at that resolution
+  (:func:`cryostack.data.degradations.add_resolution_noise`, noise B −30 Å²), starting models
+  perturbed with coordinate noise (0.3 Å per axis) and rigid shifts of 2–5 Å of two spatial halves.
 
 Every (case, method) runs in its own process so that wall time and peak memory (max RSS of the
 process and the children it starts) are its own. Finished runs are cached as JSON under
@@ -39,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "refine_cpu.json"
 SIM_RESOLUTIONS_A = (3.0, 4.5, 6.0)
+#: Spectral shape of the simulated maps' noise (rising with frequency as in sharpened maps).
+SIM_NOISE_BFACTOR_A2 = -30.0
 REAL = {
     # name: (map, model, resolution Å, perturb?, reference model for RMSD/lDDT)
     "4uft": ("maps/cryonet_refine_boxed/4uft.mrc", "maps/cryonet_refine_boxed/4uft_af3.cif", None, False, None),
@@ -78,6 +82,7 @@ def prepare(case: str, work: Path) -> dict:
             info["model"] = str(SHARED / model_rel)
     else:  # sim:<corpus index>:<resolution>
         from cryostack.data.corpus import Corpus
+        from cryostack.data.degradations import add_resolution_noise
 
         _, corpus_root, idx, res = case.split(":")
         res = float(res)
@@ -86,13 +91,13 @@ def prepare(case: str, work: Path) -> dict:
         grid = grid_around_atoms(truth.atoms().coords, min(1.0, res / 3.0), margin_A=10.0)
         data = simulate_model_map(truth, grid, res, use_b_factors=False)
         rng = np.random.default_rng(int(idx))
-        signal = data[data > 0.05 * data.max()].std()
-        data = data + rng.normal(0, signal / 3.0, data.shape).astype(np.float32)
+        data, noise_sd = add_resolution_noise(data, grid.voxel_size, res, rng, noise_bfactor_A2=SIM_NOISE_BFACTOR_A2)
         map_path = write_map(DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin),
                              d / "map.mrc")
         start = perturb_model(truth, 0.3, (0, 0, 0), seed=int(idx), domain_shift_A=(2.0, 5.0))
         info = {"kind": "simulated", "map": str(map_path), "resolution_A": res, "truth": str(truth_path),
-                "model": str(start.write(d / "start.pdb")), "n_residues": len(truth.atoms().residue_names)}
+                "model": str(start.write(d / "start.pdb")), "n_residues": len(truth.atoms().residue_names),
+                "pdb_id": truth.gemmi.name, "noise_sd": noise_sd}
     meta.write_text(json.dumps(info, indent=2))
     return info
 
@@ -184,12 +189,33 @@ def _monlib() -> Path:
 
 
 # -- driver -------------------------------------------------------------------------------------
-def sim_cases(corpus_root: Path, n_chains: int) -> list[str]:
+def _trained_chains() -> set[tuple[str, str]]:
+    """(PDB id, chain) pairs the packaged denoiser was trained on (its model card's list)."""
+    from importlib import resources
+
+    f = resources.files("cryostack.refine.diffusion") / "weights" / "denoiser_v1_trained_chains.json"
+    return {(p, c) for p, c in json.loads(f.read_text())["chains"]}
+
+
+def sim_cases(corpus_root: Path, n_chains: int, split_from: Path | None = None) -> list[str]:
+    """Simulated cases: test-split chains with side chains, in corpus order, at each resolution.
+
+    ``split_from``: take test membership from this corpus (matched by PDB id and chain) instead of
+    ``corpus_root``'s own split, so a small full-atom export of chosen entries can be judged by the
+    full corpus's split. Chains the packaged denoiser was trained on are never used (its training
+    predates the current split, which put 23 of them in test).
+    """
     from cryostack.data.corpus import Corpus
 
-    corpus = Corpus(corpus_root)
-    table = corpus.table(allow_test=True)
-    test = [r["index"] for r in table if r["split"] == "test" and r["has_sidechains"]]
+    table = Corpus(corpus_root).table(allow_test=True)
+    if split_from is not None:
+        ref = Corpus(split_from).table(allow_test=True)
+        test_keys = {(r["pdb_id"], r["chain_id"]) for r in ref if r["split"] == "test"}
+    else:
+        test_keys = {(r["pdb_id"], r["chain_id"]) for r in table if r["split"] == "test"}
+    seen = _trained_chains()
+    test = [r["index"] for r in table
+            if (r["pdb_id"], r["chain_id"]) in test_keys and (r["pdb_id"], r["chain_id"]) not in seen and r["has_sidechains"]]
     return [f"sim:{corpus_root}:{i}:{res}" for i in test[:n_chains] for res in SIM_RESOLUTIONS_A]
 
 
@@ -212,7 +238,11 @@ def main() -> None:
     ap.add_argument("--methods", default="input,direct,diffusion,servalcat")
     ap.add_argument("--corpus", default=str(ROOT / "tests" / "data" / "corpus_sample"),
                     help="corpus with a test split (full corpus if exported, else the bundled sample)")
+    ap.add_argument("--split-from", default=None,
+                    help="corpus whose test split decides which --corpus chains are test chains (default: --corpus's own)")
     ap.add_argument("--sim-chains", type=int, default=30)
+    ap.add_argument("--sim-peer-chains", type=int, default=None,
+                    help="run the methods other than input and direct on only the first N simulated chains")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cryostack_refine_bench"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--run", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
@@ -234,15 +264,24 @@ def main() -> None:
     cases = []
     for c in args.cases.split(","):
         if c == "sim":
-            cases += sim_cases(Path(args.corpus), args.sim_chains)
+            cases += sim_cases(Path(args.corpus), args.sim_chains, Path(args.split_from) if args.split_from else None)
         elif c in REAL and (SHARED / REAL[c][0]).exists():
             cases.append(c)
     t_start = time.perf_counter()
     rows, failures, not_run = [], [], []
     cache = work / "results"
     cache.mkdir(parents=True, exist_ok=True)
+    peer_sim = None
+    if args.sim_peer_chains is not None:
+        peer_sim = {c for c in cases if c.startswith("sim:")}
+        chains = sorted({c.rsplit(":", 1)[0] for c in peer_sim}, key=lambda c: int(c.rsplit(":", 1)[1]))
+        keep = set(chains[: args.sim_peer_chains])
+        peer_sim = {c for c in peer_sim if c.rsplit(":", 1)[0] in keep}
     for case in cases:
         for method in methods:
+            if (peer_sim is not None and case.startswith("sim:") and method not in ("input", "direct")
+                    and case not in peer_sim):
+                continue
             f = cache / f"{_slug(case)}__{method}.json"
             if f.exists():
                 rows.append(json.loads(f.read_text()))
@@ -293,7 +332,8 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
     doc = {
         "benchmark": "refine",
         "machine": machine(),
-        "settings": {"methods": args.methods, "cases": args.cases, "corpus": args.corpus,
+        "settings": {"methods": args.methods, "cases": args.cases, "corpus": args.corpus, "split_from": args.split_from,
+                     "sim_chains": args.sim_chains, "sim_peer_chains": args.sim_peer_chains,
                      "sim_resolutions_A": SIM_RESOLUTIONS_A, "direct_config": _config_dict()},
         "targets": {"mean_cc_mask_gain_af3_cases": 0.15, "rama_favored_pct_min": 98.0, "rama_outlier_pct_max": 0.2,
                     "rotamer_outlier_pct_max": 1.0, "angle_rmsd_deg_max": 1.0, "bond_rmsd_A_max": 0.01,

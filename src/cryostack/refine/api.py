@@ -31,6 +31,9 @@ class RefineConfig:
     patience: int = 2
     #: Adam steps of the rigid-body stage before per-atom refinement ("direct"); 0 skips it.
     rigid_steps: int = 40
+    #: Recycles against the density blurred to max(8 Å, 1.5 × resolution) (after a rigid-body
+    #: fit at that resolution) before the full-resolution stages ("direct"); 0 skips them.
+    coarse_recycles: int = 2
     seed: int = 0
     device: str = "cpu"
     #: Models with more residues than this are refined in spatially overlapping crops.

@@ -1,6 +1,9 @@
 """Direct coordinate optimisation (the paper's baseline): Adam on the movable atoms' positions.
 
-A rigid-body stage comes first: the movable atoms are split into spatial groups (k-means on
+A coarse stage comes first (``RefineConfig.coarse_recycles``; :mod:`cryostack.refine.coarse`):
+rigid groups and a few Adam recycles against the density blurred to max(8 Å, 1.5 × resolution),
+which reaches domains displaced by more than the map's resolution. Then, at full resolution, a
+rigid-body stage: the movable atoms are split into spatial groups (k-means on
 residue centres within each chain, about :data:`RESIDUES_PER_GROUP` residues each) and each
 group's rotation and translation are fitted to the objective, which places a roughly
 positioned model or shifted domains in their density far faster than per-atom steps can.
@@ -30,6 +33,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from cryostack.refine.api import OPTIMIZERS, RecycleRecord, RefineConfig, RefineResult, recycle_cc, terms_as_floats
+from cryostack.refine.coarse import coarse_objective, coarse_resolution_A
 from cryostack.refine.objective import RefinementObjective
 from cryostack.refine.rotamer_fit import fit_rotamers
 
@@ -126,7 +130,8 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
     torch.manual_seed(config.seed)
     start = objective.init_coords.detach()
     movable = objective.movable
-    x0 = rigid_fit(objective, start, config.rigid_steps, config.seed) if config.rigid_steps else start
+    x0 = _coarse_stage(objective, start, config) if config.coarse_recycles else start
+    x0 = rigid_fit(objective, x0, config.rigid_steps, config.seed) if config.rigid_steps else x0
     delta = torch.zeros_like(x0[movable], requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.lr)
 
@@ -173,6 +178,28 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
     history[0].stage = "start"
     return RefineResult(coords=best_x.cpu().numpy(), history=history, method="direct", best_recycle=best_recycle,
                         wall_s=time.perf_counter() - t0, rotamer_fit=fit_stats)
+
+
+def _coarse_stage(objective: RefinementObjective, start: torch.Tensor, config: RefineConfig) -> torch.Tensor:
+    """Rigid groups, then ``coarse_recycles`` Adam recycles, against the density blurred to
+    :func:`coarse_resolution_A`: brings displaced domains within reach of the full-resolution
+    stages. Nothing here is kept by loss; the full-resolution stages that follow decide."""
+    coarse = coarse_objective(objective, coarse_resolution_A(objective.resolution_A))
+    x0 = rigid_fit(coarse, start, config.rigid_steps, config.seed) if config.rigid_steps else start
+    movable = objective.movable
+    delta = torch.zeros_like(x0[movable], requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=config.lr)
+    for _ in range(config.coarse_recycles * config.steps_per_recycle):
+        opt.zero_grad(set_to_none=True)
+        x = x0.clone()
+        x[movable] = x0[movable] + delta
+        loss, _ = coarse(x)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        x = x0.clone()
+        x[movable] = x0[movable] + delta
+    return x
 
 
 def _record(objective, x, history, stage, progress) -> RecycleRecord:

@@ -63,7 +63,7 @@ def prepare(case: str, work: Path) -> dict:
     from cryostack.io.models import read_structure
     from cryostack.refine.perturb import perturb_model
 
-    d = work / "cases" / case
+    d = work / "cases" / _slug(case)
     d.mkdir(parents=True, exist_ok=True)
     meta = d / "case.json"
     if meta.exists():
@@ -140,6 +140,10 @@ def run_one(case: str, method: str, work: Path) -> dict:
     extra = {}
     if method == "input":
         model_out = info["model"]
+    elif method == "truth":  # simulated cases: the model the map was made from (the ceiling)
+        if not info.get("truth") or info["kind"] != "simulated":
+            raise ValueError(f"no truth row for {case}")
+        model_out = info["truth"]
     elif method == "servalcat":
         monlib = _monlib()
         cmd = ["servalcat", "refine_spa_norefmac", "--map", info["map"], "--model", info["model"],
@@ -171,9 +175,9 @@ def run_one(case: str, method: str, work: Path) -> dict:
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     row = {"case": case, "kind": info["kind"], "method": method, "resolution_A": info["resolution_A"],
-           "n_residues": info.get("n_residues"), "wall_s": wall if method != "input" else 0.0,
-           "cpu_s_including_setup": cpu if method != "input" else 0.0,
-           "peak_rss_MiB": max(peak_self, peak_children) if method != "input" else None, **extra}
+           "n_residues": info.get("n_residues"), "wall_s": wall if method not in ("input", "truth") else 0.0,
+           "cpu_s_including_setup": cpu if method not in ("input", "truth") else 0.0,
+           "peak_rss_MiB": max(peak_self, peak_children) if method not in ("input", "truth") else None, **extra}
     row.update(metrics(model_out, info))
     return row
 
@@ -256,7 +260,7 @@ def main() -> None:
 
     from cryostack.refine import available_methods
 
-    methods = [m for m in args.methods.split(",") if m in ("input", "servalcat") or m in available_methods()]
+    methods = [m for m in args.methods.split(",") if m in ("input", "truth", "servalcat") or m in available_methods()]
     skipped_methods = [m for m in args.methods.split(",") if m not in methods]
     if "servalcat" in methods and shutil.which("servalcat", path=str(Path(sys.executable).parent)) is None:
         methods.remove("servalcat")
@@ -279,7 +283,9 @@ def main() -> None:
         peer_sim = {c for c in peer_sim if c.rsplit(":", 1)[0] in keep}
     for case in cases:
         for method in methods:
-            if (peer_sim is not None and case.startswith("sim:") and method not in ("input", "direct")
+            if method == "truth" and not case.startswith("sim:"):
+                continue
+            if (peer_sim is not None and case.startswith("sim:") and method not in ("input", "truth", "direct")
                     and case not in peer_sim):
                 continue
             f = cache / f"{_slug(case)}__{method}.json"
@@ -318,10 +324,11 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
                     "rotamer_outlier_pct", "cbeta_deviations", "clashscore", "rmsd_to_truth_A", "lddt_to_truth", "wall_s")
             s = {k: mean(kind, method, k) for k in keys}
             s["n"] = sum(1 for r in rows if r["kind"] == kind and r["method"] == method)
-            summary[f"{kind}/{method}"] = s
+            if s["n"]:
+                summary[f"{kind}/{method}"] = s
     af3 = ("4uft", "6ksw", "6vrc")
     gains = {}
-    for method in sorted({r["method"] for r in rows} - {"input"}):
+    for method in sorted({r["method"] for r in rows} - {"input", "truth"}):
         g = []
         for case in af3:
             a = [r for r in rows if r["case"] == case and r["method"] == method]
@@ -329,6 +336,22 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
             if a and b:
                 g.append(a[0]["cc_mask"] - b[0]["cc_mask"])
         gains[method] = {"cases": len(g), "mean_cc_mask_gain": float(np.mean(g)) if g else None}
+    # Peers ran on subsets of the simulated cases: compare each with direct on the cases both ran.
+    paired = {}
+    by = {(r["case"], r["method"]): r for r in rows}
+    for method in sorted({r["method"] for r in rows} - {"input", "truth", "direct"}):
+        for kind in ("real", "simulated"):
+            both = [c for (c, m) in by if m == method and by[(c, m)]["kind"] == kind and (c, "direct") in by]
+            if not both:
+                continue
+            entry = {"n": len(both)}
+            for key in ("cc_mask", "rmsd_to_truth_A", "lddt_to_truth", "bond_rmsd_A", "angle_rmsd_deg",
+                        "rama_favored_pct", "rotamer_outlier_pct", "wall_s"):
+                d = [by[(c, method)][key] - by[(c, "direct")][key] for c in both
+                     if by[(c, method)].get(key) is not None and by[(c, "direct")].get(key) is not None]
+                entry[f"mean_{key}_minus_direct"] = float(np.mean(d)) if d else None
+            entry["cc_mask_wins_over_direct"] = sum(by[(c, method)]["cc_mask"] > by[(c, "direct")]["cc_mask"] for c in both)
+            paired[f"{kind}/{method}_vs_direct"] = entry
     doc = {
         "benchmark": "refine",
         "machine": machine(),
@@ -340,6 +363,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
                     "cbeta_deviations_max": 0, "4uft_wall_s_max": 300},
         "af3_cc_mask_gain": gains,
         "summary": summary,
+        "paired_with_direct": paired,
         "rows": rows,
         "failures": failures,
         "not_run": not_run,

@@ -175,7 +175,10 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
         fits.append(res.rotamer_fit)
     # Relax the seams: a short pass over the whole model from the merged coordinates.
     merged = structure.with_coordinates(coords)
-    seam_config = RefineConfig(**{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4})
+    # The crops placed every domain: the seams need local relaxation only, not the whole-model
+    # coarse and rigid-body stages (which would cost whole-model passes at every seam).
+    seam_config = RefineConfig(**{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4,
+                                  "coarse_recycles": 0, "rigid_steps": 0})
     obj = RefinementObjective(merged, density_map, resolution_A, weights, device=config.device)
     res = optimizer(obj, seam_config, None if progress is None else
                     (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))))

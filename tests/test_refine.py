@@ -171,6 +171,47 @@ def test_cropped_refinement_merges_consistently(piece):
         ((start.atoms().coords - ref) ** 2).sum(1).mean())
 
 
+
+def test_crops_build_each_seam_onto_the_kept_coordinates(piece, monkeypatch):
+    """Later crops hold earlier crops' cores fixed, so every bond of the merged model (seams
+    included) has both ends from one crop's output."""
+    s, dmap = piece
+    start = _shifted(s, [0.5, 0.0, 0.0], noise=0.1)
+    import cryostack.refine.run as run
+
+    monkeypatch.setattr(run, "RESIDUES_PER_CROP", 5)
+    indices, calls = [], []
+    real_sub, real_get = run._sub_structure, run.get_optimizer
+
+    def sub(structure, residues):
+        out = real_sub(structure, residues)
+        indices.append(out[1])
+        return out
+
+    def get(name):
+        opt = real_get(name)
+
+        def recording(obj, config, progress):
+            res = opt(obj, config, progress)
+            calls.append((obj.movable.cpu().numpy().copy(), obj.init_coords.cpu().numpy().copy(), res.coords))
+            return res
+
+        return recording
+
+    monkeypatch.setattr(run, "_sub_structure", sub)
+    monkeypatch.setattr(run, "get_optimizer", get)
+    config = RefineConfig(max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False,
+                          crop_above_residues=5, crop_margin_A=6.0)
+    refine(start, dmap, RES, config)
+    crops, merged = calls[:-1], calls[-1][1]
+    assert len(crops) >= 2 and len(merged) == s.n_atoms
+    assert crops[0][0].all() and not all(c[0].all() for c in crops[1:])  # later crops hold refined cores fixed
+    from cryostack.geometry.restraints import build_restraints
+
+    for a, b in build_restraints(s).bond_index.numpy():
+        assert any(a in idx and b in idx and np.array_equal(out[np.searchsorted(idx, [a, b])], merged[[a, b]])
+                   for idx, (_, _, out) in zip(indices, crops)), (a, b)
+
 def test_loss_weights_parse():
     w = LossWeights.parse("density=10, rama=2")
     assert w.density == 10 and w.rama == 2 and w.bond == LossWeights().bond

@@ -88,7 +88,8 @@ def prepare(case: str, work: Path) -> dict:
         res = float(res)
         truth = Corpus(corpus_root).structure(int(idx), allow_test=True)
         truth_path = truth.write(d / "truth.pdb")
-        grid = grid_around_atoms(truth.atoms().coords, min(1.0, res / 3.0), margin_A=10.0)
+        # Voxels of d/3 Å (1.0, 1.5, 2.0 Å at 3, 4.5, 6 Å), a common sampling of deposited maps.
+        grid = grid_around_atoms(truth.atoms().coords, res / 3.0, margin_A=10.0)
         data = simulate_model_map(truth, grid, res, use_b_factors=False)
         rng = np.random.default_rng(int(idx))
         data, noise_sd = add_resolution_noise(data, grid.voxel_size, res, rng, noise_bfactor_A2=SIM_NOISE_BFACTOR_A2)

@@ -7,7 +7,8 @@ Cases
   (EMD-21457 / 6VYB, 3.2 Å) and F-actin (EMD-5168 / 3MFP, 6.6 Å) maps from perturbed deposited
   models (noise 0.3 Å per axis plus a 1.5 Å rigid shift, seeded).
 * simulated: test-split chains of a cryostack corpus with full atoms (chains the packaged denoiser
-  saw in training excluded); the truth's map simulated at 3, 4.5 and 6 Å with coloured noise at
+  saw in training excluded); the truth's map simulated at 3, 4.5 and 6 Å on voxels of d/3
+  (1, 1.5, 2 Å) with coloured noise at
   the level where two independent copies reach FSC 0.143 at that resolution
   (:func:`cryostack.data.degradations.add_resolution_noise`, noise B −30 Å²), starting models
   perturbed with coordinate noise (0.3 Å per axis) and rigid shifts of 2–5 Å of two spatial halves.
@@ -170,6 +171,11 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["recycles"] = len(result.history) - 1
         extra["best_recycle"] = result.best_recycle
         extra["crops"] = result.crops
+        extra["adp"] = getattr(result, "adp", None)
+        extra["rotamer_fit_changed"] = (getattr(result, "rotamer_fit", None) or {}).get("changed")
+        extra["refine_config"] = _config_dict()["config"]
+        extra["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                             text=True).stdout.strip()
     wall = time.perf_counter() - t0
     ru_self, ru_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = ru_self.ru_utime + ru_self.ru_stime + ru_children.ru_utime + ru_children.ru_stime

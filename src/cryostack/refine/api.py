@@ -31,6 +31,10 @@ class RefineConfig:
     patience: int = 2
     #: Adam steps of the rigid-body stage before per-atom refinement ("direct"); 0 skips it.
     rigid_steps: int = 40
+    #: After the coordinates, fit per-residue isotropic B-factors to the map (:mod:`cryostack.refine.adp`).
+    refine_b_factors: bool = True
+    #: Adam steps of the B-factor fit.
+    b_factor_steps: int = 100
     #: Recycles against the density blurred to max(8 Å, 1.5 × resolution) (after a rigid-body
     #: fit at that resolution) before the full-resolution stages ("direct"); 0 skips them.
     coarse_recycles: int = 2
@@ -73,6 +77,8 @@ class RefineResult:
     crops: int = 1
     wall_s: float = 0.0
     rotamer_fit: dict | None = None
+    #: The B-factor fit (:class:`cryostack.refine.adp.AdpResult` as a dict), ``None`` if it did not run.
+    adp: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -81,6 +87,7 @@ class RefineResult:
             "crops": self.crops,
             "wall_s": self.wall_s,
             "rotamer_fit": self.rotamer_fit,
+            "adp": self.adp,
             "history": [r.__dict__ for r in self.history],
         }
 

@@ -86,9 +86,19 @@ def refine(
         objective = RefinementObjective(structure, density_map, resolution_A, weights, device=config.device)
         result = optimizer(objective, config, progress)
     else:
-        result = _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress)
+        result, objective = _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress)
+    b_factors = None
+    if config.refine_b_factors:
+        import torch
+
+        from cryostack.refine.adp import refine_b_factors
+
+        t_adp = time.perf_counter()
+        adp = refine_b_factors(objective, torch.as_tensor(result.coords), steps=config.b_factor_steps)
+        b_factors = adp.b_factors
+        result.adp = {**adp.to_dict(), "wall_s": time.perf_counter() - t_adp}
     result.wall_s = time.perf_counter() - t0
-    return structure.with_coordinates(result.coords), result
+    return structure.with_coordinates(result.coords, b_factors=b_factors), result
 
 
 def crop_assignment(structure: Structure, config: RefineConfig) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
@@ -192,7 +202,7 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
     history.extend(res.history[1:])
     fits.append(res.rotamer_fit)
     return RefineResult(coords=res.coords, history=history, method=config.method,
-                        best_recycle=res.best_recycle, crops=len(crops), rotamer_fit=_sum_fits(fits))
+                        best_recycle=res.best_recycle, crops=len(crops), rotamer_fit=_sum_fits(fits)), obj
 
 
 def _sum_fits(fits: list) -> dict | None:

@@ -59,3 +59,22 @@ def cctbx_reference(tmp_path_factory) -> dict:
     paths["mirrored"] = helpers.make_mirrored(backbones, tmp / "mirrored.pdb")
     ref = helpers.cctbx_reference(list(paths.values()), tmp / "reference.json")
     return {name: (path, ref[str(path)]) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def spike_piece():
+    """``spike_piece(n)`` → the first ``n`` residues of the bundled spike NTD model's first chain
+    (a real fragment; other chains dropped) as a new :class:`~cryostack.io.models.Structure`."""
+    from cryostack.examples import SPIKE_NTD_MODEL
+    from cryostack.io.models import Structure, read_structure
+
+    def make(n: int) -> Structure:
+        st = read_structure(SPIKE_NTD_MODEL).gemmi.clone()
+        chain = st[0][0]
+        for i in reversed(range(n, len(chain))):
+            del chain[i]
+        for ch in list(st[0])[1:]:
+            st[0].remove_chain(ch.name)
+        return Structure(st)
+
+    return make

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from cryostack.density.simulate import grid_around_atoms
-from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.maps import DensityMap
-from cryostack.io.models import Structure, read_structure
 from cryostack.refine import RefineConfig, RefinementObjective, refine
 from cryostack.refine.adp import fcalc_map, refine_b_factors
 from cryostack.validate.mapfit import model_map
@@ -18,15 +16,9 @@ RES = 3.5
 
 
 @pytest.fixture(scope="module")
-def case():
+def case(spike_piece):
     """Residues 1–20 of the spike NTD; a map from B = 20 Å² (first 10 residues) and 90 Å² (rest)."""
-    st = read_structure(SPIKE_NTD_MODEL).gemmi.clone()
-    chain = st[0][0]
-    for i in reversed(range(20, len(chain))):
-        del chain[i]
-    for ch in list(st[0])[1:]:
-        st[0].remove_chain(ch.name)
-    s = Structure(st)
+    s = spike_piece(20)
     arr = s.atoms()
     true_b = np.where(arr.residue_index < 10, 20.0, 90.0).astype(np.float32)
     truth = s.with_coordinates(arr.coords, b_factors=true_b)

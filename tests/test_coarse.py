@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cryostack.density.simulate import grid_around_atoms, simulate_model_map
-from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.maps import DensityMap
-from cryostack.io.models import Structure, read_structure
 from cryostack.refine import RefinementObjective
 from cryostack.refine.coarse import coarse_objective, coarse_resolution_A
 
@@ -17,16 +14,10 @@ RES = 3.0
 
 
 @pytest.fixture(scope="module")
-def case():
+def case(spike_piece):
     """Residues 1–40 of the spike NTD, a 3 Å map simulated from them (10 Å margin), and a start
     shifted rigidly by 4 Å (beyond the capture range at 3 Å)."""
-    st = read_structure(SPIKE_NTD_MODEL).gemmi.clone()
-    chain = st[0][0]
-    for i in reversed(range(40, len(chain))):
-        del chain[i]
-    for ch in list(st[0])[1:]:
-        st[0].remove_chain(ch.name)
-    truth = Structure(st)
+    truth = spike_piece(40)
     grid = grid_around_atoms(truth.atoms().coords, 1.0, margin_A=10.0)
     data = simulate_model_map(truth, grid, RES, use_b_factors=False)
     dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)

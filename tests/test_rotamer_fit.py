@@ -10,7 +10,7 @@ from cryostack.density.simulate import grid_around_atoms, simulate_model_map
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.geometry.restraints import angle_rmsd_deg, bond_lengths, dihedrals
 from cryostack.io.maps import DensityMap
-from cryostack.io.models import Structure, read_structure
+from cryostack.io.models import read_structure
 from cryostack.refine import RefineConfig, RefinementObjective, refine
 from cryostack.refine.rotamer_fit import fit_rotamers, set_chis, side_chain_topology
 from cryostack.validate.rotamers import FAVORED_MIN, OUTLIER_BELOW, score_chis
@@ -21,16 +21,10 @@ OUTLIERS = {14: (60.0, 60.0, 60.0, 60.0), 5: (-120.0, 0.0), 17: (180.0, 60.0, -6
 
 
 @pytest.fixture(scope="module")
-def piece():
+def piece(spike_piece):
     """The first 30 residues of the spike NTD (a real fragment), a slightly noisy map simulated
     from it, and its objective."""
-    st = read_structure(SPIKE_NTD_MODEL).gemmi.clone()
-    chain = st[0][0]
-    for i in reversed(range(30, len(chain))):
-        del chain[i]
-    for ch in list(st[0])[1:]:
-        st[0].remove_chain(ch.name)
-    s = Structure(st)
+    s = spike_piece(30)
     grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
     data = simulate_model_map(s, grid, RES, use_b_factors=False)
     rng = np.random.default_rng(0)

@@ -186,20 +186,33 @@ def _coarse_stage(objective: RefinementObjective, start: torch.Tensor, config: R
     stages. Nothing here is kept by loss; the full-resolution stages that follow decide."""
     coarse = coarse_objective(objective, coarse_resolution_A(objective.resolution_A))
     x0 = rigid_fit(coarse, start, config.rigid_steps, config.seed) if config.rigid_steps else start
+    return adam_steps(coarse, x0, config.coarse_recycles * config.steps_per_recycle, config.lr)
+
+
+def adam_steps(objective: RefinementObjective, x0: torch.Tensor, steps: int, lr: float,
+               *, decay_to_zero: bool = False) -> torch.Tensor:
+    """``(N, 3)`` coordinates after ``steps`` Adam steps on the movable atoms from ``x0``;
+    ``decay_to_zero`` lets the step fall linearly to zero (the last moves too small to disturb
+    settled geometry)."""
     movable = objective.movable
     delta = torch.zeros_like(x0[movable], requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=config.lr)
-    for _ in range(config.coarse_recycles * config.steps_per_recycle):
-        opt.zero_grad(set_to_none=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+
+    def coords() -> torch.Tensor:
         x = x0.clone()
         x[movable] = x0[movable] + delta
-        loss, _ = coarse(x)
+        return x
+
+    for step in range(steps):
+        if decay_to_zero:
+            for group in opt.param_groups:
+                group["lr"] = lr * (1.0 - step / steps)
+        opt.zero_grad(set_to_none=True)
+        loss, _ = objective(coords())
         loss.backward()
         opt.step()
     with torch.no_grad():
-        x = x0.clone()
-        x[movable] = x0[movable] + delta
-    return x
+        return coords()
 
 
 def _record(objective, x, history, stage, progress) -> RecycleRecord:
@@ -222,24 +235,8 @@ def _fit_rotamers_and_polish(objective, config, best_x, best_loss, best_recycle,
     if stats["changed"] == 0:
         return best_x, best_recycle, stats
     _record(objective, fitted, history, "rotamer_fit", progress)
-    movable = objective.movable
-    delta = torch.zeros_like(fitted[movable], requires_grad=True)
-    lr0 = config.lr * POLISH_LR_FACTOR
-    opt = torch.optim.Adam([delta], lr=lr0)
-    steps = max(1, config.steps_per_recycle)
-    for step in range(steps):
-        # The step falls to zero so the last moves are too small to disturb the settled geometry.
-        for group in opt.param_groups:
-            group["lr"] = lr0 * (1.0 - step / steps)
-        opt.zero_grad(set_to_none=True)
-        x = fitted.clone()
-        x[movable] = fitted[movable] + delta
-        loss, _ = objective(x)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        polished = fitted.clone()
-        polished[movable] = fitted[movable] + delta
+    polished = adam_steps(objective, fitted, max(1, config.steps_per_recycle), config.lr * POLISH_LR_FACTOR,
+                          decay_to_zero=True)
     rec = _record(objective, polished, history, "polish", progress)
     stats["fit_and_polish_s"] = time.perf_counter() - t0
     w = getattr(objective.weights, "density", 1.0) or 1.0

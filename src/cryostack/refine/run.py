@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from cryostack.errors import InputError
 from cryostack.io.maps import DensityMap
-from cryostack.io.models import DNA, PROTEIN, RNA, WATER, Structure
+from cryostack.io.models import DNA, PROTEIN, RNA, Structure
 from cryostack.refine.api import RefineConfig, RefineResult, get_optimizer
 from cryostack.refine.objective import LossWeights, RefinementObjective
 

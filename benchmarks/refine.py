@@ -263,6 +263,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--run", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new runs after this many seconds")
+    ap.add_argument("--notes", default=None, help="a JSON file of notes (list of strings) to store with the results")
     args = ap.parse_args()
     work = Path(args.work)
     if args.run:
@@ -303,8 +304,12 @@ def main() -> None:
                     and case not in peer_sim):
                 continue
             f = cache / f"{_slug(case)}__{method}.json"
+            failed = f.with_suffix(".failed.json")
             if f.exists():
                 rows.append(json.loads(f.read_text()))
+                continue
+            if failed.exists():  # a failure is a result too: report it, do not retry
+                failures.append(json.loads(failed.read_text()))
                 continue
             if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
                 not_run.append(f"{case} {method}")
@@ -315,6 +320,7 @@ def main() -> None:
             if p.returncode != 0:
                 msg = (p.stderr.strip().splitlines() or ["?"])[-1]
                 failures.append({"case": case, "method": method, "error": msg})
+                failed.write_text(json.dumps(failures[-1], indent=2))
                 print(f"   failed: {msg}", flush=True)
                 continue
             row = json.loads(p.stdout.strip().splitlines()[-1])
@@ -382,6 +388,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
         "failures": failures,
         "not_run": not_run,
         "methods_not_available": skipped_methods,
+        "notes": json.loads(Path(args.notes).read_text()) if args.notes else [],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

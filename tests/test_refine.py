@@ -26,20 +26,10 @@ from cryostack.refine.run import _sub_structure, crop_assignment
 RES = 3.2
 
 
-def _piece(structure: Structure, n: int) -> Structure:
-    st = structure.gemmi.clone()
-    chain = st[0][0]
-    for i in reversed(range(n, len(chain))):
-        del chain[i]
-    for ch in list(st[0])[1:]:
-        st[0].remove_chain(ch.name)
-    return Structure(st)
-
-
 @pytest.fixture(scope="module")
-def piece():
+def piece(spike_piece):
     """The first 15 residues of the spike NTD (a real fragment) and a map simulated from it."""
-    s = _piece(read_structure(SPIKE_NTD_MODEL), 15)
+    s = spike_piece(15)
     grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
     data = simulate_model_map(s, grid, RES, use_b_factors=False)
     rng = np.random.default_rng(0)

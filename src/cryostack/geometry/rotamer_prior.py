@@ -62,21 +62,29 @@ class RotamerSet:
         return sum(int(v.shape[0]) for v in self.groups.values())
 
 
+def chi_quads(lookup: dict, r: int, name: str) -> list[list[int]] | None:
+    """Atom indices ``[[a, b, c, d], ...]`` of residue ``r``'s chi angles (``name`` its residue
+    name, ``lookup`` from :meth:`AtomArrays.atom_lookup`), or ``None`` if it has no chi
+    definition or misses a chi atom."""
+    quads = CHI_ATOMS.get(name)
+    if quads is None:
+        return None
+    rows = []
+    for quad in quads:
+        ids = [lookup.get((r, a), lookup.get((r, _ATOM_ALIASES.get((name, a), "")))) for a in quad]
+        if any(i is None for i in ids):
+            return None
+        rows.append(ids)
+    return rows
+
+
 def build_rotamers(arr) -> RotamerSet:
     """Chi quadruples of every complete side chain with a Top8000 grid (first altloc)."""
     lookup = arr.atom_lookup()
     groups: dict[str, list] = {}
     for r, name in enumerate(arr.residue_names):
-        quads = CHI_ATOMS.get(name)
-        if quads is None:
-            continue
-        rows = []
-        for quad in quads:
-            ids = [lookup.get((r, a), lookup.get((r, _ATOM_ALIASES.get((name, a), "")))) for a in quad]
-            if any(i is None for i in ids):
-                break
-            rows.append(ids)
-        else:
+        rows = chi_quads(lookup, r, name)
+        if rows is not None:
             groups.setdefault(GRID_OF[name], []).append(rows)
     return RotamerSet({k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in groups.items()})
 

@@ -40,8 +40,8 @@ from scipy.spatial import cKDTree
 
 from cryostack.geometry.clash import CLASH_SIGMA_A, HBOND_CONTACT_A
 from cryostack.geometry.restraints import dihedrals
-from cryostack.geometry.rotamer_prior import _interpolate, energy_grid
-from cryostack.validate.rotamers import _ATOM_ALIASES, _CENTRES_OF, CHI_ATOMS, FAVORED_MIN, GRID_OF, OUTLIER_BELOW, load_centres, load_grid
+from cryostack.geometry.rotamer_prior import _interpolate, chi_quads, energy_grid
+from cryostack.validate.rotamers import _CENTRES_OF, CHI_ATOMS, FAVORED_MIN, GRID_OF, OUTLIER_BELOW, load_centres, load_grid
 
 #: Weight of the rotamer prior energy (per unit of −log percentile) against the density (z units).
 PRIOR_WEIGHT = 0.2
@@ -100,13 +100,8 @@ class _Sidechains:
             members = atoms_of[r]
             if not all(movable[i] for i in members) or any(altlocs[i] for i in members):
                 continue  # fixed residues and alternate conformers are left as they are
-            rows = []
-            for quad in quads:
-                ids = [lookup.get((r, a), lookup.get((r, _ATOM_ALIASES.get((name, a), "")))) for a in quad]
-                if any(i is None for i in ids):
-                    break
-                rows.append(ids)
-            else:
+            rows = chi_quads(lookup, r, name)
+            if rows is not None:
                 member_set = set(members)
                 backbone = {i for i in members if arr.atom_names[i] in _BACKBONE}
                 moving = []

@@ -78,3 +78,24 @@ def spike_piece():
         return Structure(st)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def simulated_map():
+    """``simulated_map(structure, resolution_A, noise=0.05, margin_A=8.0)`` → a
+    :class:`~cryostack.io.maps.DensityMap` simulated from the structure (no B-factors) on 1 Å voxels
+    around it, plus Gaussian noise of ``noise`` × the map's SD (seed 0; ``noise=0`` for none)."""
+    import numpy as np
+
+    from cryostack.density.simulate import grid_around_atoms, simulate_model_map
+    from cryostack.io.maps import DensityMap
+
+    def make(structure, resolution_A: float, *, noise: float = 0.05, margin_A: float = 8.0) -> DensityMap:
+        grid = grid_around_atoms(structure.atoms().coords, 1.0, margin_A=margin_A)
+        data = simulate_model_map(structure, grid, resolution_A, use_b_factors=False)
+        if noise:
+            rng = np.random.default_rng(0)
+            data = data + rng.normal(0, noise * data.std(), data.shape).astype(np.float32)
+        return DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
+
+    return make

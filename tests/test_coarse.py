@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryostack.density.simulate import grid_around_atoms, simulate_model_map
-from cryostack.io.maps import DensityMap
 from cryostack.refine import RefinementObjective
 from cryostack.refine.coarse import coarse_objective, coarse_resolution_A
 
@@ -14,13 +12,11 @@ RES = 3.0
 
 
 @pytest.fixture(scope="module")
-def case(spike_piece):
+def case(spike_piece, simulated_map):
     """Residues 1–40 of the spike NTD, a 3 Å map simulated from them (10 Å margin), and a start
     shifted rigidly by 4 Å (beyond the capture range at 3 Å)."""
     truth = spike_piece(40)
-    grid = grid_around_atoms(truth.atoms().coords, 1.0, margin_A=10.0)
-    data = simulate_model_map(truth, grid, RES, use_b_factors=False)
-    dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
+    dmap = simulated_map(truth, RES, noise=0.0, margin_A=10.0)
     start = truth.with_coordinates(truth.atoms().coords + np.array([4.0, 0.0, 0.0]))
     return truth, dmap, start
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cryostack.density.simulate import grid_around_atoms, simulate_model_map
 from cryostack.errors import InputError
 from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
-from cryostack.io.maps import DensityMap, read_map
+from cryostack.io.maps import read_map
 from cryostack.io.models import Structure, read_structure
 from cryostack.refine import (
     OPTIMIZERS,
@@ -27,15 +26,10 @@ RES = 3.2
 
 
 @pytest.fixture(scope="module")
-def piece(spike_piece):
+def piece(spike_piece, simulated_map):
     """The first 15 residues of the spike NTD (a real fragment) and a map simulated from it."""
     s = spike_piece(15)
-    grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
-    data = simulate_model_map(s, grid, RES, use_b_factors=False)
-    rng = np.random.default_rng(0)
-    data = data + rng.normal(0, 0.05 * data.std(), data.shape).astype(np.float32)
-    dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
-    return s, dmap
+    return s, simulated_map(s, RES)
 
 
 def _shifted(s: Structure, shift, noise=0.0, seed=0) -> Structure:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from cryostack.density.simulate import grid_around_atoms, simulate_density, simulate_model_map
+from cryostack.density.simulate import simulate_density
 from cryostack.geometry import restraints as R
 from cryostack.geometry.cbeta import build_cbeta
 from cryostack.geometry.ramachandran_prior import build_rama
 from cryostack.geometry.rotamer_prior import build_rotamers
-from cryostack.io.maps import DensityMap, GridSpec
+from cryostack.io.maps import GridSpec
 from cryostack.io.models import DNA, PROTEIN, RNA, Structure, read_structure
 from cryostack.refine import RefineConfig, RefinementObjective, refine
 from cryostack.validate import validate
@@ -35,13 +35,6 @@ O3P_IDEAL_A, O3P_ESD_A = 1.607, 0.01
 
 def _model(name: str) -> Structure:
     return read_structure(DATA / f"{name}.pdb")
-
-
-def _simulated_map(s: Structure) -> DensityMap:
-    grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
-    data = simulate_model_map(s, grid, RES, use_b_factors=False)
-    data = data + np.random.default_rng(0).normal(0, 0.05 * data.std(), data.shape).astype(np.float32)
-    return DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
 
 
 def _links(s: Structure, rs: R.RestraintSet) -> list[int]:
@@ -156,12 +149,12 @@ def test_phosphorus_density_integrates_to_its_scattering_factor():
         assert float(m.sum()) * 0.125 == pytest.approx(sum(el.c4322.get_coefs()[:5]), rel=1e-3)
 
 
-def test_objective_skips_protein_priors_for_nucleotides(models):
+def test_objective_skips_protein_priors_for_nucleotides(models, simulated_map):
     s = models["rna8"]
     arr = s.atoms()
     assert build_rama(arr).phi_index.shape[0] == 0 and build_rotamers(arr).n_residues == 0
     assert build_cbeta(arr).index.shape[0] == 0
-    obj = RefinementObjective(s, _simulated_map(s), RES)
+    obj = RefinementObjective(s, simulated_map(s, RES), RES)
     assert bool(obj.movable.all())
     x = (obj.init_coords + 0.1 * torch.randn_like(obj.init_coords)).requires_grad_(True)
     total, terms = obj(x)
@@ -182,9 +175,9 @@ def test_objective_skips_protein_priors_for_nucleotides(models):
 
 # -- refinement and validation -------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["rna8", "dna8", "protein_rna"])
-def test_refine_nucleic_acid_recovers_truth(models, name):
+def test_refine_nucleic_acid_recovers_truth(models, name, simulated_map):
     truth = models[name]
-    dmap = _simulated_map(truth)
+    dmap = simulated_map(truth, RES)
     ref = truth.atoms().coords
     rng = np.random.default_rng(1)
     start = truth.with_coordinates(ref + np.array([0.8, -0.5, 0.4]) + rng.normal(0, 0.25, ref.shape))
@@ -209,9 +202,9 @@ def test_refine_nucleic_acid_recovers_truth(models, name):
     assert not g.chirality_errors and g.n_bonds == rs.bond_index.shape[0]
 
 
-def test_validate_reports_nucleic_geometry_and_skips_protein_sections(models):
+def test_validate_reports_nucleic_geometry_and_skips_protein_sections(models, simulated_map):
     rna = models["rna8"]
-    result = validate(rna, density=_simulated_map(rna), resolution_A=RES, compute_q=False)
+    result = validate(rna, density=simulated_map(rna, RES), resolution_A=RES, compute_q=False)
     rs = R.build_restraints(rna)
     assert result.geometry.n_bonds == rs.bond_index.shape[0] and result.geometry.n_angles == rs.angle_index.shape[0]
     assert result.geometry.bond_rmsd == pytest.approx(R.bond_rmsd(torch.as_tensor(rna.atoms().coords, dtype=torch.float64), rs), abs=1e-4)

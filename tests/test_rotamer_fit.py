@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cryostack.density.simulate import grid_around_atoms, simulate_model_map
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.geometry.restraints import angle_rmsd_deg, bond_lengths, dihedrals
-from cryostack.io.maps import DensityMap
 from cryostack.io.models import read_structure
 from cryostack.refine import RefineConfig, RefinementObjective, refine
 from cryostack.refine.rotamer_fit import fit_rotamers, set_chis, side_chain_topology
@@ -21,15 +19,11 @@ OUTLIERS = {14: (60.0, 60.0, 60.0, 60.0), 5: (-120.0, 0.0), 17: (180.0, 60.0, -6
 
 
 @pytest.fixture(scope="module")
-def piece(spike_piece):
+def piece(spike_piece, simulated_map):
     """The first 30 residues of the spike NTD (a real fragment), a slightly noisy map simulated
     from it, and its objective."""
     s = spike_piece(30)
-    grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
-    data = simulate_model_map(s, grid, RES, use_b_factors=False)
-    rng = np.random.default_rng(0)
-    data = data + rng.normal(0, 0.05 * data.std(), data.shape).astype(np.float32)
-    dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
+    dmap = simulated_map(s, RES)
     return s, dmap, RefinementObjective(s, dmap, RES)
 
 

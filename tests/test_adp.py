@@ -9,7 +9,8 @@ import torch
 from cryostack.density.simulate import grid_around_atoms
 from cryostack.io.maps import DensityMap
 from cryostack.refine import RefineConfig, RefinementObjective, refine
-from cryostack.refine.adp import fcalc_map, refine_b_factors
+from cryostack.density.simulate import fcalc_map
+from cryostack.refine.adp import refine_b_factors
 from cryostack.validate.mapfit import model_map
 
 RES = 3.5

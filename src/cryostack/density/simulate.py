@@ -259,6 +259,32 @@ def simulate_density(
                         float(cutoff), int(chunk_voxels))
 
 
+def fcalc_map(
+    coords: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    b_factors: torch.Tensor,
+    grid: GridSpec,
+    resolution_A: float,
+    occupancies: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Model map ``(nz, ny, nx)`` approximating F_calc(d ≥ resolution) on ``grid``: atoms with their
+    B (Å²) and occupancies, Fourier-truncated at ``1/resolution_A``; differentiable in coords and B.
+
+    The atoms are simulated with an extra anti-aliasing blur that is divided out again in Fourier
+    space, so the truncated map carries the model's own B, not a resolution blur. This is the
+    model map of the validation CCs and of the B-factor fit.
+    """
+    from cryostack.density.fourier import frequency_squared
+
+    vmax = float(max(grid.voxel_size))
+    blur_A2 = 110.0 * vmax**2  # aliasing at Nyquist below 1e-3 of the peak
+    m = simulate_density(coords, atomic_numbers, grid, b_factors=b_factors + blur_A2, occupancies=occupancies)
+    s2 = torch.as_tensor(frequency_squared(grid.shape, grid.voxel_size), dtype=torch.float64, device=m.device)
+    weight = torch.where(s2 <= 1.0 / resolution_A**2, torch.exp(blur_A2 * s2 / 4.0), torch.zeros_like(s2))
+    f = torch.fft.rfftn(m.to(torch.float64)) * weight
+    return torch.fft.irfftn(f, s=m.shape).to(m.dtype)
+
+
 def grid_around_atoms(coords_xyz, voxel_size_A: float, margin_A: float = 5.0) -> GridSpec:
     """A grid at ``voxel_size_A`` covering the atoms ``(N, 3)`` Å plus ``margin_A`` on every side.
 

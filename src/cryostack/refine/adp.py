@@ -6,9 +6,8 @@ simulate the model with its B-factors as phenix does, then judge a blur that has
 with the map. This step fits one B per polymer residue plus a side-chain increment (both ≥ 0,
 Å²) by maximising the correlation of the model map with the map over the objective's mask.
 
-The model map is the one :func:`cryostack.validate.mapfit.model_map` uses — atoms with their
-B-factors, Fourier-truncated at ``1/resolution`` — written in PyTorch so that it is
-differentiable in B. Neighbouring residues' B are tied by a weak restraint (differences of
+The model map is the validation's (:func:`cryostack.density.simulate.fcalc_map`: atoms with
+their B-factors and occupancies, Fourier-truncated at ``1/resolution``), differentiable in B. Neighbouring residues' B are tied by a weak restraint (differences of
 :data:`NEIGHBOUR_SD_A2` cost one unit, like a z-score), so that B varies smoothly along the chain
 and poorly defined residues borrow from their neighbours. Ligands, waters and other fixed atoms
 keep their B-factors.
@@ -21,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryostack.density.fourier import frequency_squared
-from cryostack.density.simulate import simulate_density
+from cryostack.density.simulate import fcalc_map
 from cryostack.io.models import DNA, PROTEIN, RNA
 
 #: B steps tried for the starting global B (Å²).
@@ -54,21 +52,6 @@ class AdpResult:
                 "b_max_A2": float(b.max())}
 
 
-def fcalc_map(coords: torch.Tensor, atomic_numbers: torch.Tensor, b_factors: torch.Tensor, grid,
-              resolution_A: float) -> torch.Tensor:
-    """Model map ``(nz, ny, nx)`` on ``grid``: atoms with their B (Å²), truncated at ``1/resolution_A``.
-
-    The atoms are simulated with an extra anti-aliasing blur that is divided out again in Fourier
-    space (as :func:`cryostack.validate.mapfit.model_map`); differentiable in coords and B.
-    """
-    vmax = float(max(grid.voxel_size))
-    blur_A2 = 110.0 * vmax**2  # aliasing at Nyquist below 1e-3 of the peak
-    m = simulate_density(coords, atomic_numbers, grid, b_factors=b_factors + blur_A2)
-    s2 = torch.as_tensor(frequency_squared(grid.shape, grid.voxel_size), dtype=m.dtype, device=m.device)
-    weight = torch.where(s2 <= 1.0 / resolution_A**2, torch.exp(blur_A2 * s2 / 4.0), torch.zeros_like(s2))
-    return torch.fft.irfftn(torch.fft.rfftn(m) * weight, s=m.shape)
-
-
 def _cc(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     m = m - m.mean()
     t = t - t.mean()
@@ -90,6 +73,7 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
     res_A = objective.resolution_A
     mask, target = objective.mask, objective.target
     b_in = torch.as_tensor(np.clip(arr.b_factors, 0.0, None), dtype=torch.float32, device=dev)
+    occ = torch.as_tensor(arr.occupancies, dtype=torch.float32, device=dev)[heavy]
 
     polymer_res = np.isin(arr.residue_class, (PROTEIN, DNA, RNA))
     fitted = torch.as_tensor(polymer_res[arr.residue_index], device=dev) & objective.movable
@@ -98,7 +82,7 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
     n_res = len(arr.residue_names)
 
     def cc_of(b_all: torch.Tensor) -> torch.Tensor:
-        return _cc(fcalc_map(x[heavy], z, b_all[heavy], grid, res_A)[mask], target)
+        return _cc(fcalc_map(x[heavy], z, b_all[heavy], grid, res_A, occupancies=occ)[mask], target)
 
     with torch.no_grad():
         cc_before = float(cc_of(b_in))

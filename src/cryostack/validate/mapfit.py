@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 
 from cryostack.density.fourier import frequency_squared
 from cryostack.density.metrics import correlation
-from cryostack.density.simulate import simulate_density
+from cryostack.density.simulate import fcalc_map
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, AtomArrays, Structure
 from cryostack.validate.stages import Stages, stage
@@ -51,28 +51,20 @@ SHRINK_RADIUS_A = 0.9
 # Model map and masks
 # ---------------------------------------------------------------------------------------------
 def model_map(structure_atoms: AtomArrays, density: DensityMap, resolution_A: float) -> np.ndarray:
-    """The model's map on ``density``'s grid, Fourier-truncated at ``1/resolution_A``.
-
-    Atoms are simulated with their B-factors plus an anti-aliasing blur that is divided out
-    again in Fourier space, so the result approximates F_calc(d > resolution) on the grid.
-    """
+    """The model's map on ``density``'s grid, Fourier-truncated at ``1/resolution_A``
+    (:func:`cryostack.density.simulate.fcalc_map`: atoms with their B-factors and occupancies,
+    hydrogens left out), approximating F_calc(d > resolution) on the grid."""
     heavy = ~structure_atoms.is_hydrogen
-    vmax = max(density.voxel_size)
-    blur_A2 = 110.0 * vmax**2  # aliasing at Nyquist below 1e-3 of the peak
-    with _torch_threads(1):
-        m = simulate_density(
+    with _torch_threads(1), torch.no_grad():
+        m = fcalc_map(
             torch.as_tensor(structure_atoms.coords[heavy]),
             torch.as_tensor(structure_atoms.atomic_numbers[heavy]),
+            torch.as_tensor(structure_atoms.b_factors[heavy]),
             density.grid,
-            b_factors=torch.as_tensor(structure_atoms.b_factors[heavy]) + blur_A2,
+            resolution_A,
             occupancies=torch.as_tensor(structure_atoms.occupancies[heavy]),
-        ).numpy()
-    s2 = frequency_squared(density.shape, density.voxel_size)
-    inside = s2 <= 1.0 / resolution_A**2
-    weight = np.zeros(s2.shape)
-    weight[inside] = np.exp(blur_A2 * s2[inside] / 4.0)
-    f = scipy.fft.rfftn(m.astype(np.float64), workers=-1) * weight
-    return scipy.fft.irfftn(f, s=density.shape, axes=(0, 1, 2), workers=-1).astype(np.float32)
+        )
+    return m.numpy().astype(np.float32)
 
 
 @contextmanager

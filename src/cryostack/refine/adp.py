@@ -22,6 +22,7 @@ import torch
 
 from cryostack.density.simulate import fcalc_map
 from cryostack.io.models import DNA, PROTEIN, RNA
+from cryostack.refine.objective import pearson
 
 #: B steps tried for the starting global B (Å²).
 GLOBAL_B_GRID_A2 = (0.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0)
@@ -52,12 +53,6 @@ class AdpResult:
                 "b_max_A2": float(b.max())}
 
 
-def _cc(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    m = m - m.mean()
-    t = t - t.mean()
-    return (m * t).sum() / torch.sqrt((m * m).sum() * (t * t).sum()).clamp(min=1e-12)
-
-
 def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: float = 0.2) -> AdpResult:
     """Fit per-residue B (main chain) and a side-chain increment at fixed ``coords`` ``(N, 3)`` Å.
 
@@ -82,7 +77,7 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
     n_res = len(arr.residue_names)
 
     def cc_of(b_all: torch.Tensor) -> torch.Tensor:
-        return _cc(fcalc_map(x[heavy], z, b_all[heavy], grid, res_A, occupancies=occ)[mask], target)
+        return pearson(fcalc_map(x[heavy], z, b_all[heavy], grid, res_A, occupancies=occ)[mask], target)
 
     with torch.no_grad():
         cc_before = float(cc_of(b_in))

@@ -85,6 +85,13 @@ def default_mask_radius_A(resolution_A: float) -> float:
     return max(3.0, float(resolution_A)) + 1.5
 
 
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two same-size tensors (differentiable; 0-d tensor)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp(min=1e-12)
+
+
 class RefinementObjective:
     """Density fit plus restraints over all ``N`` atoms of a model (first model, file order).
 
@@ -160,10 +167,7 @@ class RefinementObjective:
 
     def correlation(self, coords: torch.Tensor) -> torch.Tensor:
         """Pearson CC (tensor) between model and experimental map over the mask."""
-        m = self.model_map(coords)[self.mask]
-        m = m - m.mean()
-        t = self.target - self.target.mean()
-        return (m * t).sum() / torch.sqrt((m * m).sum() * (t * t).sum()).clamp(min=1e-12)
+        return pearson(self.model_map(coords)[self.mask], self.target)
 
     def cc(self, coords: torch.Tensor) -> float:
         """The density correlation (for progress displays)."""

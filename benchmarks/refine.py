@@ -169,8 +169,13 @@ def run_one(case: str, method: str, work: Path) -> dict:
         from cryostack.io.models import read_structure
         from cryostack.refine import RefineConfig, refine
 
+        from cryostack.refine import LossWeights
+
+        optimiser, _, weight_text = method.partition("@")
+        weights = LossWeights.parse(weight_text.replace(";", ","))
         structure = read_structure(info["model"])
-        refined, result = refine(structure, read_map(info["map"]), info["resolution_A"], RefineConfig(method=method))
+        refined, result = refine(structure, read_map(info["map"]), info["resolution_A"], RefineConfig(method=optimiser),
+                                 weights)
         refined.source = None
         model_out = str(refined.write(out_dir / "refined.cif"))
         extra["recycles"] = len(result.history) - 1
@@ -179,6 +184,7 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["adp"] = getattr(result, "adp", None)
         extra["rotamer_fit_changed"] = (getattr(result, "rotamer_fit", None) or {}).get("changed")
         extra["refine_config"] = _config_dict()["config"]
+        extra["loss_weights"] = weights.__dict__
         extra["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                              text=True).stdout.strip()
     wall = time.perf_counter() - t0
@@ -273,8 +279,9 @@ def main() -> None:
 
     from cryostack.refine import available_methods
 
+    # "direct@density=300;rama=1": an optimiser with loss weights changed (a geometry/fit trade-off curve)
     methods = [m for m in args.methods.split(",") if m in ("input", "truth", "servalcat", "servalcat_tight")
-               or m in available_methods()]
+               or m.partition("@")[0] in available_methods()]
     skipped_methods = [m for m in args.methods.split(",") if m not in methods]
     if shutil.which("servalcat", path=str(Path(sys.executable).parent)) is None:
         for m in [m for m in methods if m.startswith("servalcat")]:
@@ -372,6 +379,21 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
                 entry[f"mean_{key}_minus_direct"] = float(np.mean(d)) if d else None
             entry["cc_mask_wins_over_direct"] = sum(by[(c, method)]["cc_mask"] > by[(c, "direct")]["cc_mask"] for c in both)
             paired[f"{kind}/{method}_vs_direct"] = entry
+    # "CC_mask at least servalcat's at equal or better geometry": for each servalcat row, our best
+    # CC_mask among the rows of this case (any optimiser or weight variant) whose geometry is at
+    # least as good on every measure.
+    geometry = (("bond_rmsd_A", 1), ("angle_rmsd_deg", 1), ("rama_favored_pct", -1), ("rama_outlier_pct", 1),
+                ("rotamer_outlier_pct", 1), ("cbeta_deviations", 1), ("clashscore", 1))
+    at_equal_geometry = []
+    for peer in [r for r in rows if r["method"].startswith("servalcat") and r["kind"] == "real"]:
+        ours = [r for r in rows if r["case"] == peer["case"] and r["method"].partition("@")[0] in ("direct", "diffusion")
+                and all(r.get(k) is not None and peer.get(k) is not None and sign * (r[k] - peer[k]) <= 0
+                        for k, sign in geometry)]
+        best = max(ours, key=lambda r: r["cc_mask"], default=None)
+        at_equal_geometry.append({"case": peer["case"], "peer": peer["method"], "peer_cc_mask": peer["cc_mask"],
+                                  "ours": best["method"] if best else None,
+                                  "ours_cc_mask": best["cc_mask"] if best else None,
+                                  "ours_at_least_peer": bool(best and best["cc_mask"] >= peer["cc_mask"])})
     doc = {
         "benchmark": "refine",
         "machine": machine(),
@@ -384,6 +406,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
         "af3_cc_mask_gain": gains,
         "summary": summary,
         "paired_with_direct": paired,
+        "servalcat_at_equal_or_better_geometry": at_equal_geometry,
         "rows": rows,
         "failures": failures,
         "not_run": not_run,

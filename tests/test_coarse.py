@@ -43,7 +43,7 @@ def test_coarse_objective_sees_a_4A_shift_and_shares_the_restraints(case):
 
 
 def test_coarse_rigid_stage_recovers_a_shift_the_fine_one_cannot(case):
-    from cryostack.refine.direct import rigid_fit
+    from cryostack.refine.stages import rigid_fit
 
     truth, dmap, start = case
     fine = RefinementObjective(start, dmap, RES)

@@ -8,6 +8,13 @@ by default every recycle denoises the same starting model (the paper's Algorithm
 worse here: the adapted weights then apply their correction twice). Recycling stops once the
 best loss has not improved for ``patience`` recycles; the coordinates with the lowest loss seen
 (the input included) are returned.
+
+The model is placed first and rotamer-fitted last by the same optimiser-independent stages as
+the direct optimiser (:mod:`cryostack.refine.stages`; ``RefineConfig.coarse_recycles``,
+``rigid_steps``, ``fit_rotamers``), so the two optimisers differ only in how the per-atom
+refinement moves atoms: the placed model is the denoiser's input. The polish after rotamer
+fitting is one recycle of the same test-time scheme on the fitted model, starting again from
+the pretrained weights.
 """
 
 from __future__ import annotations
@@ -79,19 +86,22 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     import copy
 
     from cryostack.refine.api import RecycleRecord, RefineResult, recycle_cc, terms_as_floats
+    from cryostack.refine.stages import fit_rotamers_and_polish, place
 
     t0 = time.perf_counter()
     ttc = config_from(config, **overrides)
+    stage_config = _stage_config(config)
     dev = torch.device(ttc.device)
     torch.manual_seed(ttc.seed)
-    net = copy.deepcopy(model) if model is not None else load_denoiser(ttc.weights, device=str(dev))
-    net = net.to(dev).train()
+    pretrained = copy.deepcopy(model) if model is not None else load_denoiser(ttc.weights, device=str(dev))
+    net = copy.deepcopy(pretrained).to(dev).train()
     for p in net.parameters():
         p.requires_grad_(True)
     feats = (feats if feats is not None else featurize(_atoms_of(objective))).to(dev)
-    x0 = objective.init_coords.detach().to(dev, torch.float32)
-    if feats.n_atoms != x0.shape[0]:
-        raise ValueError(f"atom features ({feats.n_atoms}) and objective coordinates ({x0.shape[0]}) differ")
+    start = objective.init_coords.detach().to(dev, torch.float32)
+    if feats.n_atoms != start.shape[0]:
+        raise ValueError(f"atom features ({feats.n_atoms}) and objective coordinates ({start.shape[0]}) differ")
+    x0 = place(objective, start, stage_config)
     movable = objective.movable.to(dev).bool()[:, None]
     opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
 
@@ -99,9 +109,9 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
         return torch.where(movable, net(x_in, ttc.sigma_A, feats, graph=graph), x0)
 
     with torch.no_grad():
-        loss0, terms0 = objective(x0)
-    best_loss, best_coords, best_recycle = float(loss0), x0.clone(), 0
-    history = [RecycleRecord(0, best_loss, terms_as_floats(terms0), recycle_cc(objective, x0, terms0))]
+        loss0, terms0 = objective(start)
+    best_loss, best_coords, best_recycle = float(loss0), start.clone(), 0
+    history = [RecycleRecord(0, best_loss, terms_as_floats(terms0), recycle_cc(objective, start, terms0), "start")]
     if progress is not None:
         progress(0, best_loss, history[0].terms, history[0].cc)
     x_in, stale = x0, 0
@@ -134,7 +144,54 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
                 break
         if ttc.feed_back:
             x_in = out.detach()
+    fit_stats = None
+    if stage_config.fit_rotamers:
+        def polish(x: torch.Tensor) -> torch.Tensor:
+            return _adapt_once(pretrained, objective, x, feats, movable, ttc)
+
+        best_coords, best_recycle, fit_stats = fit_rotamers_and_polish(
+            objective, best_coords, best_loss, best_recycle, history, progress, polish)
     result = RefineResult(coords=best_coords.cpu().numpy(), history=history, method=METHOD,
-                          best_recycle=best_recycle, wall_s=time.perf_counter() - t0)
+                          best_recycle=best_recycle, wall_s=time.perf_counter() - t0, rotamer_fit=fit_stats)
     result.denoiser = net.eval()  # the case-adapted weights, for inspection
     return result
+
+
+def _stage_config(config):
+    """The ``RefineConfig`` the shared stages run with: ``config``'s, except that an ``lr`` set
+    for the denoiser's weights (see :func:`config_from`) does not become the placement's
+    coordinate step."""
+    import dataclasses
+
+    from cryostack.refine.api import RefineConfig
+
+    if not isinstance(config, RefineConfig):
+        return RefineConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RefineConfig)
+                               if hasattr(config, f.name)}) if config is not None else RefineConfig()
+    return dataclasses.replace(config, lr=RefineConfig.lr)
+
+
+def _adapt_once(pretrained: AtomDenoiser, objective, x_in: torch.Tensor, feats: AtomFeatures,
+                movable: torch.Tensor, ttc: TestTimeConfig) -> torch.Tensor:
+    """One recycle (``ttc.steps_per_recycle`` weight steps) of a fresh copy of the pretrained
+    denoiser on ``x_in``; the lowest-loss output seen (``x_in`` itself if none is lower)."""
+    import copy
+
+    net = copy.deepcopy(pretrained).train()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
+    graph = net.graph(x_in, feats)
+    with torch.no_grad():
+        best_loss, best = float(objective(x_in)[0]), x_in
+    for step in range(ttc.steps_per_recycle + 1):
+        out = torch.where(movable, net(x_in, ttc.sigma_A, feats, graph=graph), x_in)
+        loss, _ = objective(out)
+        if float(loss.detach()) < best_loss:
+            best_loss, best = float(loss.detach()), out.detach().clone()
+        if step == ttc.steps_per_recycle:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return best

@@ -1,6 +1,7 @@
 """Facts about the training corpus, measured: export cost and corpus statistics.
 
     python benchmarks/corpus.py stats /work/corpus            # statistics + plot of an export
+    python benchmarks/corpus.py stats /work/corpus_sc --name corpus_sc_stats.json --no-plot
     python benchmarks/corpus.py sidechains --frm 40 --rrm 200  # side-chain rebuild cost per chain
 
 ``stats`` reads an exported corpus (all splits: this is evaluation-side code) and writes
@@ -42,7 +43,7 @@ def _machine() -> dict:
     }
 
 
-def stats(root: Path) -> dict:
+def stats(root: Path, plot: bool = True) -> dict:
     from cryostack.data.corpus import Corpus, disk_size_bytes
 
     c = Corpus(root)
@@ -91,7 +92,8 @@ def stats(root: Path) -> dict:
         "export_runs": c.info.get("export_runs"),
         "machine": _machine(),
     }
-    _plot(lengths, dssp, splits, REPO / "docs" / "corpus_stats.png")
+    if plot:
+        _plot(lengths, dssp, splits, REPO / "docs" / "corpus_stats.png")
     return out
 
 
@@ -183,6 +185,8 @@ def main(argv=None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stats")
     s.add_argument("corpus", type=Path)
+    s.add_argument("--name", default="corpus_stats.json", help="result file name under benchmarks/results")
+    s.add_argument("--no-plot", action="store_true", help="leave docs/corpus_stats.png as it is")
     sc = sub.add_parser("sidechains")
     sc.add_argument("--frm", type=int, default=40)
     sc.add_argument("--rrm", type=int, default=200)
@@ -190,7 +194,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.cmd == "stats":
-        res, name = stats(args.corpus), "corpus_stats.json"
+        res, name = stats(args.corpus, plot=not args.no_plot), args.name
     else:
         res, name = sidechains(args.frm, args.rrm, args.seed), "corpus_sidechains.json"
     (RESULTS / name).write_text(json.dumps(res, indent=1) + "\n")

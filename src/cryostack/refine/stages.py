@@ -4,10 +4,13 @@
   and a few Adam recycles against the map blurred to max(8 Å, 1.5 × resolution)
   (:mod:`cryostack.refine.coarse`), which reach domains displaced by more than the map's
   resolution, then a rigid-body fit at full resolution. The movable atoms are split into
-  spatial groups (k-means on residue centres within each chain, about
-  :data:`RESIDUES_PER_GROUP` residues each) and each group's rotation and translation are fitted
-  to the objective, which places a roughly positioned model or shifted domains far faster than
-  per-atom steps can.
+  spatial groups (k-means on residue centres within each chain) and each group's rotation and
+  translation are fitted to the objective, which places a roughly positioned model or shifted
+  domains far faster than per-atom steps can. At low resolution the groups go from large to
+  small (:data:`COARSE_GROUP_RESIDUES`): large groups move whole domains without being pulled
+  apart, and smaller ones then fix the parts a large group straddled (a domain boundary rarely
+  falls on a k-means boundary). At full resolution one set of about
+  :data:`RESIDUES_PER_GROUP` residues per group.
 * :func:`fit_rotamers_and_polish` — Adam cannot carry a side chain from one rotamer well to
   another, so the best model goes through :func:`~cryostack.refine.rotamer_fit.fit_rotamers`
   (non-favoured side chains put into their best-scoring Top8000 rotamer) and one short polishing
@@ -34,8 +37,13 @@ from cryostack.refine.coarse import coarse_objective, coarse_resolution_A
 from cryostack.refine.objective import RefinementObjective
 from cryostack.refine.rotamer_fit import fit_rotamers
 
-#: Residues per rigid group in the rigid-body stages.
+#: Residues per rigid group in the full-resolution rigid-body stage.
 RESIDUES_PER_GROUP = 60
+#: Residues per rigid group in the successive rigid fits of the coarse stage. On 6 simulated
+#: 3 Å cases with two halves shifted 2–5 Å, (120, 40, 15) raised CC_mask after refinement in
+#: all 6 (mean 0.563 → 0.616) and lowered the mean RMSD to the truth from 1.78 to 1.45 Å
+#: against a single fit with 60 (+15 % time).
+COARSE_GROUP_RESIDUES = (120, 40, 15)
 #: Step sizes of the rigid-body stage's Adam (Å, radians).
 RIGID_LR_A, RIGID_LR_RAD = 0.1, 0.01
 #: The rotamer-fitted, polished model is returned if its total loss is at most the best earlier
@@ -43,8 +51,10 @@ RIGID_LR_A, RIGID_LR_RAD = 0.1, 0.01
 FIT_CC_TOLERANCE = 0.002
 
 
-def rigid_groups(objective: RefinementObjective, seed: int = 0) -> torch.Tensor:
-    """Group id ``(N,)`` of every movable atom (−1 for fixed atoms): spatial k-means per chain."""
+def rigid_groups(objective: RefinementObjective, seed: int = 0,
+                 residues_per_group: int = RESIDUES_PER_GROUP) -> torch.Tensor:
+    """Group id ``(N,)`` of every movable atom (−1 for fixed atoms): spatial k-means per chain,
+    about ``residues_per_group`` residues per group."""
     arr = objective.atoms
     movable = objective.movable.cpu().numpy()
     n_res = len(arr.residue_names)
@@ -60,7 +70,7 @@ def rigid_groups(objective: RefinementObjective, seed: int = 0) -> torch.Tensor:
         res = np.nonzero(res_movable & (arr.residue_chain == c))[0]
         if len(res) == 0:
             continue
-        k = max(1, int(round(len(res) / RESIDUES_PER_GROUP)))
+        k = max(1, int(round(len(res) / residues_per_group)))
         labels = np.zeros(len(res), dtype=np.int64) if k == 1 else kmeans2(centres[res], k, seed=rng, minit="++")[1]
         _, labels = np.unique(labels, return_inverse=True)
         group_of_res[res] = labels + next_id
@@ -81,9 +91,10 @@ def _rotation(v: torch.Tensor) -> torch.Tensor:
     return eye + s * K + (1 - c) * (K @ K)
 
 
-def rigid_fit(objective: RefinementObjective, x0: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+def rigid_fit(objective: RefinementObjective, x0: torch.Tensor, steps: int, seed: int = 0,
+              residues_per_group: int = RESIDUES_PER_GROUP) -> torch.Tensor:
     """Coordinates after fitting one rotation and translation per rigid group to the objective."""
-    groups = rigid_groups(objective, seed)
+    groups = rigid_groups(objective, seed, residues_per_group)
     sel = groups >= 0
     g = groups[sel]
     n_groups = int(g.max()) + 1 if g.numel() else 0
@@ -124,7 +135,8 @@ def place(objective: RefinementObjective, start: torch.Tensor, config: RefineCon
     x0 = start
     if config.coarse_recycles:
         coarse = coarse_objective(objective, coarse_resolution_A(objective.resolution_A))
-        x0 = rigid_fit(coarse, x0, config.rigid_steps, config.seed) if config.rigid_steps else x0
+        for size in COARSE_GROUP_RESIDUES if config.rigid_steps else ():
+            x0 = rigid_fit(coarse, x0, config.rigid_steps, config.seed, size)
         x0 = adam_steps(coarse, x0, config.coarse_recycles * config.steps_per_recycle, config.lr)
     return rigid_fit(objective, x0, config.rigid_steps, config.seed) if config.rigid_steps else x0
 

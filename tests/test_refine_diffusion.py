@@ -24,7 +24,7 @@ from cryostack.refine.diffusion.pretrain import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "examples" / "spike_ntd"
 CORPUS_SAMPLE = Path(__file__).resolve().parent / "data" / "corpus_sample"
-WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "refine" / "diffusion" / "weights" / "denoiser_v1.pt"
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "refine" / "diffusion" / "weights" / "denoiser_v2.pt"
 SMALL = DenoiserConfig(hidden=32, edge_hidden=32, layers=2, k_neighbours=8)
 
 

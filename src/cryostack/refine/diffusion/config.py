@@ -62,7 +62,7 @@ class TestTimeConfig:
     patience: int = 5  # recycles without a better loss before stopping
     min_improvement: float = 1e-4  # relative loss decrease that counts as better
     feed_back: bool = False  # True: each recycle denoises the previous recycle's output, not the input
-    weights: str | None = None  # checkpoint path; None = the packaged denoiser_v1.pt
+    weights: str | None = None  # checkpoint path; None = the packaged denoiser_v2.pt
     seed: int = 0
     device: str = "cpu"
     extra: dict = field(default_factory=dict)

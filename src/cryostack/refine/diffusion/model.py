@@ -213,12 +213,12 @@ def save_checkpoint(path, model: AtomDenoiser, extra: dict | None = None) -> Non
 
 
 def load_denoiser(path=None, device: str = "cpu") -> AtomDenoiser:
-    """The denoiser stored at ``path`` (default: the packaged ``weights/denoiser_v1.pt``)."""
+    """The denoiser stored at ``path`` (default: the packaged ``weights/denoiser_v2.pt``)."""
     from pathlib import Path
 
     from cryostack.errors import InputError
 
-    path = Path(path) if path is not None else Path(__file__).parent / "weights" / "denoiser_v1.pt"
+    path = Path(path) if path is not None else Path(__file__).parent / "weights" / "denoiser_v2.pt"
     if not path.is_file():
         raise InputError(path, "denoiser checkpoint not found")
     try:

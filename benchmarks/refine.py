@@ -167,9 +167,7 @@ def run_one(case: str, method: str, work: Path) -> dict:
     else:
         from cryostack.io.maps import read_map
         from cryostack.io.models import read_structure
-        from cryostack.refine import RefineConfig, refine
-
-        from cryostack.refine import LossWeights
+        from cryostack.refine import LossWeights, RefineConfig, refine
 
         optimiser, _, weight_text = method.partition("@")
         weights = LossWeights.parse(weight_text.replace(";", ","))

@@ -83,8 +83,6 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
         :class:`~cryostack.refine.RefineResult`: best-by-loss coordinates ``(N, 3)`` Å (the
         input counts, so the loss never gets worse) and one record per recycle.
     """
-    import copy
-
     from cryostack.refine.api import RecycleRecord, RefineResult, recycle_cc, terms_as_floats
     from cryostack.refine.stages import fit_rotamers_and_polish, place
 
@@ -93,10 +91,9 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     stage_config = _stage_config(config)
     dev = torch.device(ttc.device)
     torch.manual_seed(ttc.seed)
-    pretrained = copy.deepcopy(model) if model is not None else load_denoiser(ttc.weights, device=str(dev))
-    net = copy.deepcopy(pretrained).to(dev).train()
-    for p in net.parameters():
-        p.requires_grad_(True)
+    # Only copies of ``pretrained`` are ever trained, so the caller's model stays untouched.
+    pretrained = model if model is not None else load_denoiser(ttc.weights, device=str(dev))
+    net = _trainable_copy(pretrained, dev)
     feats = (feats if feats is not None else featurize(_atoms_of(objective))).to(dev)
     start = objective.init_coords.detach().to(dev, torch.float32)
     if feats.n_atoms != start.shape[0]:
@@ -171,15 +168,21 @@ def _stage_config(config):
     return dataclasses.replace(config, lr=RefineConfig.lr)
 
 
+def _trainable_copy(pretrained: AtomDenoiser, device) -> AtomDenoiser:
+    """A copy of ``pretrained`` on ``device`` in training mode with every weight trainable."""
+    import copy
+
+    net = copy.deepcopy(pretrained).to(device).train()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
+
+
 def _adapt_once(pretrained: AtomDenoiser, objective, x_in: torch.Tensor, feats: AtomFeatures,
                 movable: torch.Tensor, ttc: TestTimeConfig) -> torch.Tensor:
     """One recycle (``ttc.steps_per_recycle`` weight steps) of a fresh copy of the pretrained
     denoiser on ``x_in``; the lowest-loss output seen (``x_in`` itself if none is lower)."""
-    import copy
-
-    net = copy.deepcopy(pretrained).train()
-    for p in net.parameters():
-        p.requires_grad_(True)
+    net = _trainable_copy(pretrained, x_in.device)
     opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
     graph = net.graph(x_in, feats)
     with torch.no_grad():

@@ -264,6 +264,9 @@ def main() -> None:
     ap.add_argument("--sim-chains", type=int, default=30)
     ap.add_argument("--sim-peer-chains", type=int, default=None,
                     help="run the methods other than input and direct on only the first N simulated chains")
+    ap.add_argument("--sim-slice", default=None, metavar="START:STOP",
+                    help="only these simulated chains (Python slice of the --sim-chains list), to split one "
+                         "run over processes sharing --work; a final run without it assembles all rows")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cryostack_refine_bench"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--run", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
@@ -289,7 +292,12 @@ def main() -> None:
     cases = []
     for c in args.cases.split(","):
         if c == "sim":
-            cases += sim_cases(Path(args.corpus), args.sim_chains, Path(args.split_from) if args.split_from else None)
+            sims = sim_cases(Path(args.corpus), args.sim_chains, Path(args.split_from) if args.split_from else None)
+            if args.sim_slice:
+                a, _, b = args.sim_slice.partition(":")
+                n_res = len(SIM_RESOLUTIONS_A)
+                sims = sims[int(a or 0) * n_res:(int(b) * n_res if b else None)]
+            cases += sims
         elif c in REAL and (SHARED / REAL[c][0]).exists():
             cases.append(c)
     t_start = time.perf_counter()

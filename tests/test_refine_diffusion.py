@@ -243,3 +243,23 @@ def test_testtime_shares_placement_and_rotamer_fitting_with_direct(spike_piece, 
                                                rigid_steps=0, coarse_recycles=0, fit_rotamers=False),
                              model=model, lr=1e-3)
     assert plain.rotamer_fit is None and rmsd(plain.coords) > 2.0
+
+
+def test_residual_output_starts_as_the_identity(ntd_piece):
+    """With ``residual`` (the default) an unadapted denoiser returns its input exactly, however
+    far its own one-step output is from it; the raw output (``residual=False``) moves atoms."""
+    from cryostack.refine.diffusion.config import TestTimeConfig
+    from cryostack.refine.diffusion.featurize import featurize
+    from cryostack.refine.diffusion.testtime import _base_offset
+
+    torch.set_num_threads(1)
+    model = _randomise(AtomDenoiser(SMALL), std=0.05).eval()
+    feats = featurize(ntd_piece.atoms())
+    x = torch.as_tensor(ntd_piece.atoms().coords, dtype=torch.float32)
+    graph = model.graph(x, feats)
+    with torch.no_grad():
+        raw = model(x, 0.5, feats, graph=graph)
+        base = _base_offset(model, x, feats, graph, TestTimeConfig(sigma_A=0.5))
+    assert float((raw - x).norm(dim=1).mean()) > 1e-3
+    torch.testing.assert_close(raw - base, x, atol=1e-4, rtol=0)
+    assert _base_offset(model, x, feats, graph, TestTimeConfig(residual=False)) == 0.0

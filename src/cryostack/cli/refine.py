@@ -18,7 +18,8 @@ def refine(
     out: Path | None = typer.Option(None, "--out", help="Refined model (.cif); default MODEL_refined.cif beside the input."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_recycles: int = typer.Option(8, "--max-recycles", help="Most recycles (each a batch of optimiser steps)."),
-    method: str = typer.Option("direct", "--method", help="Optimiser: direct or diffusion."),
+    method: str = typer.Option("direct", "--method", help="Optimiser: direct (default) or diffusion (the test-time-adapted denoiser; "
+                                "experimental: below direct on every benchmark case, see docs/refine.md)."),
     weights: str | None = typer.Option(None, "--weights", help="Loss weights, e.g. 'density=60,rama=1'."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     no_q: bool = typer.Option(False, "--no-q-score", help="Leave the Q-score out of the report (faster)."),

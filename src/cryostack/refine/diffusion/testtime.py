@@ -79,7 +79,7 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     Args:
         objective: a :class:`~cryostack.refine.RefinementObjective` (``objective(coords)``,
             ``movable (N,)``, ``init_coords (N, 3)`` Å, ``atoms`` or ``structure``).
-        config: the shared :class:`~cryostack.refine.RefineConfig` (see :func:`config_from`).
+        config: the shared :class:`~cryostack.refine.RefineConfig` or ``None`` (see :func:`config_from`).
         progress: ``None`` or ``progress(recycle, loss, terms, cc)`` once per recycle.
         model: a denoiser to start from (default: ``weights=`` path or the packaged
             checkpoint); it is copied, never modified.
@@ -163,17 +163,16 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
 
 
 def _stage_config(config):
-    """The ``RefineConfig`` the shared stages run with: ``config``'s, except that an ``lr`` set
-    for the denoiser's weights (see :func:`config_from`) does not become the placement's
-    coordinate step."""
+    """The ``RefineConfig`` the shared stages run with: ``config`` (``RefineConfig`` or ``None``),
+    except that an ``lr`` set for the denoiser's weights (see :func:`config_from`) does not become
+    the placement's coordinate step."""
     import dataclasses
 
     from cryostack.refine.api import RefineConfig
 
-    if not isinstance(config, RefineConfig):
-        return RefineConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RefineConfig)
-                               if hasattr(config, f.name)}) if config is not None else RefineConfig()
-    return dataclasses.replace(config, lr=RefineConfig.lr)
+    if config is not None and not isinstance(config, RefineConfig):
+        raise TypeError(f"the diffusion optimiser takes a RefineConfig, not {type(config).__name__}")
+    return dataclasses.replace(config or RefineConfig(), lr=RefineConfig.lr)
 
 
 def _base_offset(pretrained: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph,

@@ -67,7 +67,7 @@ def direct_fn(objective, x0: torch.Tensor, lr: float):
 def denoiser_fn(objective, x0: torch.Tensor, pretrained, feats, sigma_A: float, lr: float, residual: bool,
                 timing: dict):
     from cryostack.refine.diffusion.config import TestTimeConfig
-    from cryostack.refine.diffusion.testtime import _base_offset, _trainable_copy
+    from cryostack.refine.diffusion.testtime import _base_offset, _step_output, _trainable_copy
 
     net = _trainable_copy(pretrained, x0.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -77,7 +77,7 @@ def denoiser_fn(objective, x0: torch.Tensor, pretrained, feats, sigma_A: float, 
 
     def step(_, last=False):
         t0 = time.perf_counter()
-        x = torch.where(movable, net(x0, sigma_A, feats, graph=graph) - base, x0)
+        x = _step_output(net, x0, feats, graph, base, movable, x0, sigma_A)
         t1 = time.perf_counter()
         loss, terms = objective(x)
         t2 = time.perf_counter()

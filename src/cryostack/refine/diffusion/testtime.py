@@ -109,9 +109,6 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     movable = objective.movable.to(dev).bool()[:, None]
     opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
 
-    def step_output(x_in, graph, base):
-        return torch.where(movable, net(x_in, ttc.sigma_A, feats, graph=graph) - base, x0)
-
     with torch.no_grad():
         loss0, terms0 = objective(start)
     best_loss, best_coords, best_recycle = float(loss0), start.clone(), 0
@@ -119,12 +116,13 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
     if progress is not None:
         progress(0, best_loss, history[0].terms, history[0].cc)
     x_in, stale = x0, 0
+    # the graph and the pretrained offset depend only on the input: recomputed when feed_back moves it
+    graph = net.graph(x_in, feats)
+    base = _base_offset(pretrained, x_in, feats, graph, ttc)
     for recycle in range(1, ttc.max_recycles + 1):
         start_best = best_loss
-        graph = net.graph(x_in, feats)  # the input is fixed within a recycle
-        base = _base_offset(pretrained, x_in, feats, graph, ttc)
         for _ in range(ttc.steps_per_recycle):
-            out = step_output(x_in, graph, base)
+            out = _step_output(net, x_in, feats, graph, base, movable, x0, ttc.sigma_A)
             loss, _ = objective(out)
             lv = float(loss.detach())
             if lv < best_loss:  # every evaluated output is a candidate
@@ -133,7 +131,7 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
             loss.backward()
             opt.step()
         with torch.no_grad():
-            out = step_output(x_in, graph, base)
+            out = _step_output(net, x_in, feats, graph, base, movable, x0, ttc.sigma_A)
             loss, terms = objective(out)
         rec = RecycleRecord(recycle, float(loss), terms_as_floats(terms), recycle_cc(objective, out, terms))
         history.append(rec)
@@ -149,6 +147,8 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
                 break
         if ttc.feed_back:
             x_in = out.detach()
+            graph = net.graph(x_in, feats)
+            base = _base_offset(pretrained, x_in, feats, graph, ttc)
     fit_stats = None
     if stage_config.fit_rotamers:
         def polish(x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +186,13 @@ def _base_offset(pretrained: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatur
         return pretrained(x_in, ttc.sigma_A, feats, graph=graph) - x_in
 
 
+def _step_output(net: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph, base, movable: torch.Tensor,
+                 fixed: torch.Tensor, sigma_A: float) -> torch.Tensor:
+    """One test-time output ``(N, 3)`` Å: the denoiser's one-step output of ``x_in`` minus ``base``
+    (:func:`_base_offset`) for ``movable`` ``(N, 1)`` atoms, ``fixed`` coordinates for the rest."""
+    return torch.where(movable, net(x_in, sigma_A, feats, graph=graph) - base, fixed)
+
+
 def _trainable_copy(pretrained: AtomDenoiser, device) -> AtomDenoiser:
     """A copy of ``pretrained`` on ``device`` in training mode with every weight trainable."""
     net = copy.deepcopy(pretrained).to(device).train()
@@ -205,7 +212,7 @@ def _adapt_once(pretrained: AtomDenoiser, objective, x_in: torch.Tensor, feats: 
     with torch.no_grad():
         best_loss, best = float(objective(x_in)[0]), x_in
     for step in range(ttc.steps_per_recycle + 1):
-        out = torch.where(movable, net(x_in, ttc.sigma_A, feats, graph=graph) - base, x_in)
+        out = _step_output(net, x_in, feats, graph, base, movable, x_in, ttc.sigma_A)
         loss, _ = objective(out)
         if float(loss.detach()) < best_loss:
             best_loss, best = float(loss.detach()), out.detach().clone()

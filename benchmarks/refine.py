@@ -180,7 +180,10 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["best_recycle"] = result.best_recycle
         extra["crops"] = result.crops
         extra["adp"] = getattr(result, "adp", None)
-        extra["rotamer_fit_changed"] = (getattr(result, "rotamer_fit", None) or {}).get("changed")
+        fit = getattr(result, "rotamer_fit", None) or {}
+        extra["rotamer_fit_changed"] = fit.get("changed")
+        extra["rotamer_fit_kept"] = fit.get("kept")
+        extra["rotamer_fit_outliers_kept_as_candidates"] = fit.get("outliers_kept_as_candidates")
         extra["refine_config"] = _config_dict()["config"]
         extra["loss_weights"] = weights.__dict__
         extra["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,

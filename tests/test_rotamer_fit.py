@@ -88,6 +88,26 @@ def test_outliers_are_restored_to_the_right_rotamer(piece):
     assert torch.equal(again, fitted) and stats2 == stats
 
 
+def test_outlier_leaves_even_when_the_map_holds_it(piece, simulated_map):
+    """A rotamer outlier that the map itself holds still goes to a named rotamer, unless
+    ``keep_outliers`` (then the current conformation, which fits the map best, stays). The prior
+    is switched off so that the density alone decides."""
+    s, _, obj = piece
+    r, chis = 29, (-125.0, -125.0)  # Leu between the m and t wells (an outlier on 6vrc)
+    bad = set_chis(obj, obj.init_coords, r, chis)
+    outlier_model = s.with_coordinates(bad.numpy())
+    obj_bad = RefinementObjective(outlier_model, simulated_map(outlier_model, RES), RES)
+    quads = side_chain_topology(obj_bad)[r][0]
+    name = s.atoms().residue_names[r]
+    assert score_chis(name, _chis(bad, quads)) < OUTLIER_BELOW
+    kept, lenient = fit_rotamers(obj_bad, bad, keep_outliers=True, prior_weight=0.0)
+    assert torch.equal(kept[obj_bad.atoms.residue_index == r], bad[obj_bad.atoms.residue_index == r])
+    assert lenient["outliers_after"] >= 1
+    fitted, strict = fit_rotamers(obj_bad, bad, prior_weight=0.0)
+    assert score_chis(name, _chis(fitted, quads)) >= FAVORED_MIN
+    assert strict["outliers_after"] == lenient["outliers_after"] - 1
+
+
 def test_correct_model_is_left_alone(piece):
     _, _, obj = piece
     fitted, stats = fit_rotamers(obj, obj.init_coords)

@@ -9,7 +9,11 @@ plus its current conformation, and keeps the best-scoring one. Favoured side cha
 they already sit in a well, and re-deciding them on noisy density would trade validated rotamers for
 density noise; allowed ones (0.3–2 %) are tried too because they are usually the edge of a wrong
 well, and their current conformation stays a candidate so they change only when a named rotamer
-scores better.
+scores better. An outlier's current conformation is not a candidate (``keep_outliers=False``): it
+has been refined into the density while the named rotamers are ideal, so it nearly always wins
+the density comparison, and on 6vrc (3.1 Å) 11 of 12 outliers stayed as they were though the polish
+that follows brings the named rotamers back into the density (the fitted, polished model is kept
+or rejected as a whole by :func:`cryostack.refine.stages.fit_rotamers_and_polish`).
 
 Candidates are built by rotating, about each chi bond ``b–c``, the atoms on ``c``'s side of that
 bond in the residue's bond graph (the objective's bond restraints, hydrogens included), so no
@@ -166,8 +170,10 @@ def _map_sampler(objective):
 
 
 def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELOW,
-                 prior_weight: float = PRIOR_WEIGHT, clash_weight: float = CLASH_WEIGHT) -> tuple[torch.Tensor, dict]:
-    """Put each non-favoured side chain into its best-scoring Top8000 rotamer.
+                 prior_weight: float = PRIOR_WEIGHT, clash_weight: float = CLASH_WEIGHT,
+                 keep_outliers: bool = False) -> tuple[torch.Tensor, dict]:
+    """Put each non-favoured side chain into its best-scoring Top8000 rotamer (an outlier always
+    leaves its conformation unless ``keep_outliers``).
 
     ``coords`` ``(N, 3)`` Å (the objective's atom order). Returns the new coordinates (a copy; only
     side-chain atoms of changed residues move) and stats: ``tried`` (residues tried), ``changed``,
@@ -266,16 +272,20 @@ def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELO
     clash = _clash_scores(objective, x, [sc.residues[t] for t in tried], own, local_idx, scored, pts, rr)
     total = -density + clash_weight * clash + prior_weight * torch.as_tensor(row_prior, dtype=torch.float32)
 
-    # Best row per residue; the current conformation (first row) wins unless beaten by MIN_GAIN.
+    # Best row per residue; the current conformation (first row) wins unless beaten by MIN_GAIN
+    # (outliers: the best named rotamer, whatever the current conformation scores).
     out = x.clone()
     total = total.numpy()
     starts = np.flatnonzero(np.r_[True, row_res[1:] != row_res[:-1]])
     ends = np.r_[starts[1:], n_rows]
     final_scores = scores.copy()
     for k, (s, e) in enumerate(zip(starts, ends)):
-        best = s + int(np.argmin(total[s:e]))
-        if best == s or total[best] > total[s] - MIN_GAIN:
-            continue
+        if scores[tried[k]] < OUTLIER_BELOW and not keep_outliers and e > s + 1:
+            best = s + 1 + int(np.argmin(total[s + 1:e]))
+        else:
+            best = s + int(np.argmin(total[s:e]))
+            if best == s or total[best] > total[s] - MIN_GAIN:
+                continue
         t = tried[k]
         moved = local_idx[k][move[k, 0] & local_ok[k]]
         where = np.flatnonzero(move[k, 0] & local_ok[k])

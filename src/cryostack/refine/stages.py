@@ -20,7 +20,9 @@
   outlier that the map prefers by a hair is more likely a density artefact than a real strained
   side chain, and a structural biologist would take the validated rotamer for a map fit that is
   the same within noise; a larger loss means the fit went wrong (the map really holds the
-  unusual conformation) and the earlier model is kept.
+  unusual conformation). The first fit moves every rotamer outlier; if that is rejected, a
+  second one lets the outliers the density prefers stay, and if that too is rejected the
+  earlier model is kept.
 """
 
 from __future__ import annotations
@@ -186,17 +188,22 @@ def fit_rotamers_and_polish(objective: RefinementObjective, best_x: torch.Tensor
     optimiser's own); returns the model to keep, its history index and the fitting stats (with
     ``kept``: whether the fitted model was returned)."""
     t0 = time.perf_counter()
-    fitted, stats = fit_rotamers(objective, best_x)
-    stats["fit_s"] = time.perf_counter() - t0
-    stats["kept"] = False
-    if stats["changed"] == 0:
-        return best_x, best_recycle, stats
-    record(objective, fitted, history, "rotamer_fit", progress)
-    polished = polish(fitted)
-    rec = record(objective, polished, history, "polish", progress)
-    stats["fit_and_polish_s"] = time.perf_counter() - t0
     w = getattr(objective.weights, "density", 1.0) or 1.0
-    if rec.loss <= best_loss + w * FIT_CC_TOLERANCE:
-        stats["kept"] = True
-        return polished, rec.recycle, stats
+    stats = {}
+    # First every outlier leaves its conformation; if the map rejects that as a whole, the
+    # outliers the density prefers may stay (a second, lenient fit).
+    for keep_outliers in (False, True):
+        fitted, stats = fit_rotamers(objective, best_x, keep_outliers=keep_outliers)
+        stats["fit_s"] = time.perf_counter() - t0
+        stats["kept"] = False
+        stats["outliers_kept_as_candidates"] = keep_outliers
+        if stats["changed"] == 0:
+            return best_x, best_recycle, stats
+        record(objective, fitted, history, "rotamer_fit", progress)
+        polished = polish(fitted)
+        rec = record(objective, polished, history, "polish", progress)
+        stats["fit_and_polish_s"] = time.perf_counter() - t0
+        if rec.loss <= best_loss + w * FIT_CC_TOLERANCE:
+            stats["kept"] = True
+            return polished, rec.recycle, stats
     return best_x, best_recycle, stats

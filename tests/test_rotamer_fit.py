@@ -140,6 +140,33 @@ def test_direct_optimiser_fits_rotamers_and_records_the_stage(piece):
     assert plain.rotamer_fit is None and all(r.stage in ("start", "adam") for r in plain.history)
 
 
+def test_rejected_strict_fit_falls_back_to_the_lenient_one(piece):
+    """When the polished strict fit (outliers always moved) loses too much loss, a lenient fit is
+    tried; when that is rejected too, the earlier model comes back."""
+    from cryostack.refine.stages import fit_rotamers_and_polish
+
+    _, _, obj = piece
+    bad = obj.init_coords
+    for r, chis in OUTLIERS.items():
+        bad = set_chis(obj, bad, r, chis)
+    with torch.no_grad():
+        best_loss = float(obj(bad)[0])
+    wrecked = []
+
+    def polish_first_call_wrecks(x):  # the first polish ruins the model, the second does nothing
+        wrecked.append(True)
+        return x + (3.0 if len(wrecked) == 1 else 0.0)
+
+    history = []
+    out, _, stats = fit_rotamers_and_polish(obj, bad, best_loss, 0, history, None, polish_first_call_wrecks)
+    assert len(wrecked) == 2 and stats["kept"] and stats["outliers_kept_as_candidates"]
+    assert [h.stage for h in history] == ["rotamer_fit", "polish", "rotamer_fit", "polish"]
+    assert not torch.equal(out, bad)
+
+    out, _, stats = fit_rotamers_and_polish(obj, bad, best_loss, 0, [], None, lambda x: x + 3.0)
+    assert not stats["kept"] and torch.equal(out, bad)
+
+
 def test_linked_side_chains_are_not_turned():
     """Glycosylated Asn and disulfide Cys of the spike NTD example: turning them would tear the link."""
     from cryostack.examples import SPIKE_NTD_MAP

@@ -189,7 +189,6 @@ def fit_rotamers_and_polish(objective: RefinementObjective, best_x: torch.Tensor
     ``kept``: whether the fitted model was returned)."""
     t0 = time.perf_counter()
     w = getattr(objective.weights, "density", 1.0) or 1.0
-    stats = {}
     # First every outlier leaves its conformation; if the map rejects that as a whole, the
     # outliers the density prefers may stay (a second, lenient fit).
     for keep_outliers in (False, True):

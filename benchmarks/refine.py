@@ -150,7 +150,9 @@ def run_one(case: str, method: str, work: Path) -> dict:
         monlib = _monlib()
         model_in, removed = _servalcat_input(info["model"], out_dir, monlib)
         extra["servalcat_input_atoms_removed"] = removed
-        cmd = ["servalcat", "refine_spa_norefmac", "--map", info["map"], "--model", model_in,
+        map_in = _servalcat_map(info["map"], out_dir)
+        extra["servalcat_map_origin_moved_to_nstart"] = map_in != info["map"]
+        cmd = ["servalcat", "refine_spa_norefmac", "--map", map_in, "--model", model_in,
                "-d", str(info["resolution_A"]), "--monlib", str(monlib), "-o", "refined", "--ncycle", "10"]
         if method == "servalcat_tight":
             # servalcat's defaults aim at bond rmsZ 0.5–1 and leave Ramachandran and rotamers to the
@@ -205,6 +207,29 @@ def run_one(case: str, method: str, work: Path) -> dict:
 
 def _slug(case: str) -> str:
     return case.replace("/", "_").replace(":", "_")
+
+
+def _servalcat_map(map_path: str, out_dir: Path) -> str:
+    """The map with its origin in NSTART: servalcat ignores the MRC ORIGIN field.
+
+    Maps cut out with Chimera (the spike and F-actin segments) and the simulated maps carry
+    their origin in ORIGIN; servalcat drops it ("removing ORIGIN values") and would refine
+    against a map shifted away from the model.
+    """
+    from dataclasses import replace
+
+    from cryostack.io.maps import read_map, write_map
+
+    density = read_map(map_path)
+    if not density.header_origin:
+        return map_path
+    steps = np.asarray(density.origin) / np.asarray(density.voxel_size)
+    if not np.allclose(steps, np.round(steps), atol=1e-3):
+        raise ValueError(f"{map_path}: origin {density.origin} Å is not a whole number of voxels; "
+                         "servalcat cannot take it as NSTART")
+    path = out_dir / "servalcat_map.mrc"
+    write_map(replace(density, nstart=tuple(int(n) for n in np.round(steps)), header_origin=False), path)
+    return str(path)
 
 
 def _servalcat_input(model_path: str, out_dir: Path, monlib: Path) -> tuple[str, list[str]]:

@@ -542,9 +542,25 @@ def test_new_map_written_with_origin_field_when_off_grid(tmp_path):
     out = write_map(m, tmp_path / "new.mrc")
     h = raw_header(out)
     np.testing.assert_allclose(h["origin"], (0.5, -3.25, 7.0), atol=1e-6)
+    assert h["nstart_crs"] == (0, 0, 0)
     m2 = read_map(out)
     np.testing.assert_allclose(m2.origin, m.origin, atol=1e-5)
     np.testing.assert_allclose(m2.voxel_size, (1.2, 1.2, 1.2), rtol=1e-6)
+    np.testing.assert_array_equal(m2.data, data)
+
+
+def test_new_map_on_the_grid_gets_its_origin_in_nstart(tmp_path):
+    # servalcat and refmac read NSTART and drop ORIGIN, so a new map whose origin falls on its
+    # grid (a simulated map, a box cut from a model) must carry it in NSTART.
+    data = np.random.default_rng(4).normal(size=(3, 4, 5)).astype(np.float32)
+    m = DensityMap(data, voxel_size=(1.5, 1.5, 2.0), origin=(-24.0, -10.5, 16.0))
+    out = write_map(m, tmp_path / "new.mrc")
+    h = raw_header(out)
+    np.testing.assert_array_equal(h["origin"], (0.0, 0.0, 0.0))
+    assert h["nstart_crs"] == (-16, -7, 8)
+    m2 = read_map(out)
+    assert not m2.header_origin and m2.nstart == (-16, -7, 8)
+    np.testing.assert_allclose(m2.origin, m.origin, atol=1e-5)
     np.testing.assert_array_equal(m2.data, data)
 
 

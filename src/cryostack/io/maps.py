@@ -312,11 +312,18 @@ def write_map(
     origin = np.asarray(density.origin)
     nstart = np.asarray(density.nstart, dtype=np.int64)
 
-    # Decide which header fields carry the origin: NSTART alone when it is exact, else ORIGIN.
-    if not density.header_origin and np.allclose(nstart * vox, origin, atol=1e-4):
-        origin_field = np.zeros(3)
-    else:
-        origin_field = origin
+    # Which header fields carry the origin. A map read from an ORIGIN-field file keeps that
+    # convention. Otherwise NSTART alone whenever the origin is a whole number of voxels:
+    # servalcat and refmac ignore ORIGIN and would place the map at NSTART × voxel size.
+    origin_field = origin
+    if not density.header_origin:
+        steps = np.rint(origin / vox)
+        if np.allclose(nstart * vox, origin, atol=1e-4):
+            origin_field = np.zeros(3)
+        elif np.allclose(steps * vox, origin, atol=1e-4):
+            nstart, origin_field = steps.astype(np.int64), np.zeros(3)
+        else:
+            nstart = np.zeros(3, dtype=np.int64)  # never both fields: readers disagree on which wins
 
     # (Z, Y, X) -> (MAPS, MAPR, MAPC) array axes.
     zyx_index = {3: 0, 2: 1, 1: 2}

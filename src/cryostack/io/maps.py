@@ -10,6 +10,9 @@ Conventions (used everywhere in cryostack):
   ChimeraX and RELION); otherwise ``origin = NSTART * voxel_size`` (crystallographic usage, EMDB).
   NSTART, ORIGIN and the axis order are kept as metadata and written back unchanged, so a map
   read and written puts every voxel at the same Å position in any viewer.
+* A new map (not read with an ORIGIN field) is written with its origin in NSTART when the
+  origin is a whole number of voxels, since servalcat and refmac ignore ORIGIN; otherwise in
+  ORIGIN with NSTART 0.
 """
 
 from __future__ import annotations

@@ -218,17 +218,17 @@ def _servalcat_map(map_path: str, out_dir: Path) -> str:
     """
     from dataclasses import replace
 
-    from cryostack.io.maps import read_map, write_map
+    from cryostack.io.maps import grid_nstart, read_map, write_map
 
     density = read_map(map_path)
     if not density.header_origin:
         return map_path
-    steps = np.asarray(density.origin) / np.asarray(density.voxel_size)
-    if not np.allclose(steps, np.round(steps), atol=1e-3):
+    nstart = grid_nstart(density.origin, density.voxel_size)
+    if nstart is None:
         raise ValueError(f"{map_path}: origin {density.origin} Å is not a whole number of voxels; "
                          "servalcat cannot take it as NSTART")
     path = out_dir / "servalcat_map.mrc"
-    write_map(replace(density, nstart=tuple(int(n) for n in np.round(steps)), header_origin=False), path)
+    write_map(replace(density, nstart=nstart, header_origin=False), path)
     return str(path)
 
 
@@ -250,10 +250,9 @@ def _servalcat_input(model_path: str, out_dir: Path, monlib: Path) -> tuple[str,
     for m in st:
         for ch in m:
             for res in ch:
-                entry = lib.monomers[res.name] if res.name in lib.monomers else None
-                if entry is None:
+                if res.name not in lib.monomers:
                     continue
-                known = {a.id for a in entry.atoms}
+                known = {a.id for a in lib.monomers[res.name].atoms}
                 for i in reversed(range(len(res))):
                     if res[i].name not in known and not res[i].is_hydrogen():
                         removed.append(f"{ch.name}/{res.name} {res.seqid.num}/{res[i].name}")

@@ -67,13 +67,13 @@ def main() -> None:
         truth, density = read_structure(info["truth"]), read_map(info["map"])
         model = read_structure(info["model"])
         row = {"case": case, "n_residues": info["n_residues"], "start_ca_error_A": ca_error_A(model, truth), "rounds": []}
-        first = None
         for k in range(args.rounds):
             t0 = time.perf_counter()
             model, result = refine(model, density, info["resolution_A"], RefineConfig(**base), LossWeights())
             row["rounds"].append({"ca_error_A": ca_error_A(model, truth), "loss": result.history[result.best_recycle].loss,
                                   "wall_s": time.perf_counter() - t0})
-            first = first or model
+            if k == 0:
+                first = model
             print(f"{case} round {k + 1}: Cα error {row['rounds'][-1]['ca_error_A']:.2f} Å", flush=True)
         again, _ = refine(first, density, info["resolution_A"],
                           RefineConfig(**base, coarse_recycles=0, rigid_steps=0), LossWeights())

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from cryostack.density.fourier import low_pass
-from cryostack.io.maps import DensityMap
+from cryostack.io.maps import DensityMap, grid_nstart
 
 
 def crop_or_pad(
@@ -72,10 +72,8 @@ def resample(density: DensityMap, voxel_size_A: float | tuple[float, float, floa
     # An ORIGIN-field map stays one; an NSTART map stays one when the origin falls on the new grid.
     nstart, header_origin = density.nstart, density.header_origin
     if not header_origin:
-        n = np.rint(np.asarray(density.origin) / new_vox)
-        if np.allclose(n * new_vox, density.origin, atol=1e-4):
-            nstart = tuple(int(v) for v in n)
-        else:
+        nstart = grid_nstart(density.origin, new_vox)
+        if nstart is None:
             nstart, header_origin = (0, 0, 0), True
     return DensityMap(
         data=data,

@@ -295,6 +295,16 @@ def read_map(path: str | Path) -> DensityMap:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+def grid_nstart(origin_A, voxel_size_A) -> tuple[int, int, int] | None:
+    """NSTART ``(x, y, z)`` that puts a map at ``origin_A`` (Å), or ``None`` when the origin is not
+    a whole number of voxels (within 1e-4 Å) and only the ORIGIN field can carry it."""
+    origin, vox = np.asarray(origin_A, dtype=np.float64), np.asarray(voxel_size_A, dtype=np.float64)
+    steps = np.rint(origin / vox)
+    if not np.allclose(steps * vox, origin, atol=1e-4):
+        return None
+    return tuple(int(n) for n in steps)
+
+
 def write_map(
     density: DensityMap,
     path: str | Path,
@@ -320,11 +330,9 @@ def write_map(
     # servalcat and refmac ignore ORIGIN and would place the map at NSTART × voxel size.
     origin_field = origin
     if not density.header_origin:
-        steps = np.rint(origin / vox)
-        if np.allclose(nstart * vox, origin, atol=1e-4):
-            origin_field = np.zeros(3)
-        elif np.allclose(steps * vox, origin, atol=1e-4):
-            nstart, origin_field = steps.astype(np.int64), np.zeros(3)
+        on_grid = grid_nstart(origin, vox)
+        if on_grid is not None:
+            nstart, origin_field = np.asarray(on_grid, dtype=np.int64), np.zeros(3)
         else:
             nstart = np.zeros(3, dtype=np.int64)  # never both fields: readers disagree on which wins
 

@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -6,11 +6,17 @@ setup:
 demo: setup
 	.venv/bin/cryostack demo --out demo_out
 
-test: setup
+# Lint and type check first: a red lint fails CI like a red test.
+test: setup lint
 	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/ruff format --check src tests benchmarks scripts
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python benchmarks/density.py
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache

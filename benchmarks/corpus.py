@@ -35,7 +35,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def _machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": commit,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -61,7 +61,11 @@ def stats(root: Path, plot: bool = True) -> dict:
     splits = {}
     for s in ("train", "val", "test"):
         sel = [r for r in rows if r["split"] == s]
-        splits[s] = {"chains": len(sel), "entries": len({r["pdb_id"] for r in sel}), "residues": int(sum(r["length"] for r in sel))}
+        splits[s] = {
+            "chains": len(sel),
+            "entries": len({r["pdb_id"] for r in sel}),
+            "residues": int(sum(r["length"] for r in sel)),
+        }
     bins = [0, 50, 100, 150, 200, 250, 300, 400, 500, 700, 1000, 10000]
     hist, _ = np.histogram(lengths, bins=bins)
     sizes = {
@@ -79,13 +83,20 @@ def stats(root: Path, plot: bool = True) -> dict:
         "n_residues": int(lengths.sum()),
         "chains_with_sidechains": int(sum(r["has_sidechains"] for r in rows)),
         "length": {
-            "min": int(lengths.min()), "median": float(np.median(lengths)), "mean": float(lengths.mean()), "max": int(lengths.max()),
-            "histogram_bins": bins, "histogram_counts": hist.tolist(),
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+            "histogram_bins": bins,
+            "histogram_counts": hist.tolist(),
         },  # fmt: skip
         "dssp_fraction": {k: dssp[k] / total for k in sorted(dssp)},
         "secondary_structure_3state": three,
         "splits": splits,
-        "split_grouping": {k: split_summary[k] for k in ("related_pairs", "groups", "largest_group_chains", "chains_moved_to_train_after_check")},
+        "split_grouping": {
+            k: split_summary[k]
+            for k in ("related_pairs", "groups", "largest_group_chains", "chains_moved_to_train_after_check")
+        },
         "split_verification": {k: ver[k] for k in ver if k != "violations"} | {"violations": len(ver["violations"])},
         "disk": sizes,
         "export_wall_time_s": c.info.get("export_wall_time_s"),
@@ -107,7 +118,10 @@ def _plot(lengths, dssp, splits, path: Path) -> None:
     ax[0].hist(lengths, bins=np.arange(0, 1001, 20), color="#4477aa")
     ax[0].set_xlabel("chain length (residues)")
     ax[0].set_ylabel("chains")
-    ax[0].set_title(f"{len(lengths):,} chains, median {int(np.median(lengths))} res. ({int((lengths > 1000).sum())} > 1000 not shown)", fontsize=10)
+    ax[0].set_title(
+        f"{len(lengths):,} chains, median {int(np.median(lengths))} res. ({int((lengths > 1000).sum())} > 1000 not shown)",
+        fontsize=10,
+    )
     keys = list("HGIEBTSC")
     total = sum(dssp.values())
     ax[1].bar(keys, [100 * dssp[k] / total for k in keys], color=["#cc6677"] * 3 + ["#4477aa"] * 2 + ["#999999"] * 3)
@@ -116,7 +130,14 @@ def _plot(lengths, dssp, splits, path: Path) -> None:
     names = list(splits)
     ax[2].bar(names, [splits[s]["chains"] for s in names], color=["#4477aa", "#ddcc77", "#cc6677"])
     for k, s in enumerate(names):
-        ax[2].text(k, splits[s]["chains"], f"{splits[s]['chains']:,} chains\n{splits[s]['entries']:,} entries", ha="center", va="bottom", fontsize=8)
+        ax[2].text(
+            k,
+            splits[s]["chains"],
+            f"{splits[s]['chains']:,} chains\n{splits[s]['entries']:,} entries",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax[2].set_yscale("log")
     ax[2].set_ylim(top=5 * max(splits[s]["chains"] for s in names))
     ax[2].set_title("splits (val/test: no hit ≥ 30 % identity in train)")
@@ -176,7 +197,13 @@ def _worker(tasks: list[dict], name: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for t in tasks:
             t["out"] = str(Path(tmp) / name)
-        subprocess.run([SYSTEM_PYTHON, str(WORKER)], input="".join(json.dumps(t) + "\n" for t in tasks), capture_output=True, text=True, check=True)
+        subprocess.run(
+            [SYSTEM_PYTHON, str(WORKER)],
+            input="".join(json.dumps(t) + "\n" for t in tasks),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return [Path(t["out"]).read_text() for t in tasks]
 
 

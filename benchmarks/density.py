@@ -72,8 +72,16 @@ def _lattice_dims(k: int) -> tuple[int, int, int]:
     return nx, ny, nz
 
 
-def build_case(model: Path, n_atoms: int, *, voxel: float, margin: float, tile_gap: float,
-               bfactor: float | None, b_clip: tuple[float, float]):
+def build_case(
+    model: Path,
+    n_atoms: int,
+    *,
+    voxel: float,
+    margin: float,
+    tile_gap: float,
+    bfactor: float | None,
+    b_clip: tuple[float, float],
+):
     """Atoms (coords, Z, B, occupancy) and the grid for one atom count."""
     from cryostack.io.maps import GridSpec
     from cryostack.io.models import read_structure
@@ -99,8 +107,12 @@ def build_case(model: Path, n_atoms: int, *, voxel: float, margin: float, tile_g
     hi = coords.max(0) + margin
     shape_xyz = np.floor((hi - lo) / voxel).astype(int) + 1
     grid = GridSpec(tuple(int(n) for n in shape_xyz[::-1]), (voxel,) * 3, tuple(float(v) for v in lo))
-    info = {"copies": copies, "lattice": list(dims), "lattice_spacing_A": [round(float(s), 3) for s in spacing],
-            "source_atoms": n0}
+    info = {
+        "copies": copies,
+        "lattice": list(dims),
+        "lattice_spacing_A": [round(float(s), 3) for s in spacing],
+        "source_atoms": n0,
+    }
     return coords, z, b, occ, grid, info
 
 
@@ -200,8 +212,12 @@ class _Mem:
         return False
 
     def result(self) -> dict:
-        out = {"rss_start_MiB": self.rss0 / 2**20, "rss_peak_MiB": self.rss_peak / 2**20,
-               "rss_extra_MiB": (self.rss_peak - self.rss0) / 2**20, "peak_reset_ok": self.reset_ok}
+        out = {
+            "rss_start_MiB": self.rss0 / 2**20,
+            "rss_peak_MiB": self.rss_peak / 2**20,
+            "rss_extra_MiB": (self.rss_peak - self.rss0) / 2**20,
+            "peak_reset_ok": self.reset_ok,
+        }
         if self.cuda:
             out["gpu_extra_MiB"] = self.gpu_peak / 2**20
         return out
@@ -241,8 +257,15 @@ def _time(fn, *, repeats: int, budget_s: float, sync) -> dict:
         times.append(time.perf_counter() - t0)
     busy1, total1, self1 = _cpu_ticks()
     other = ((busy1 - busy0) - (self1 - self0)) / (total1 - total0) if total1 > total0 else None
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times,
-            "repeats": n, "warmup_s": warm, "other_cpu_load": None if other is None else max(0.0, other)}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "times_s": times,
+        "repeats": n,
+        "warmup_s": warm,
+        "other_cpu_load": None if other is None else max(0.0, other),
+    }
 
 
 def _time_paired(fn_a, fn_b, *, repeats: int, budget_s: float, sync) -> dict:
@@ -257,7 +280,7 @@ def _time_paired(fn_a, fn_b, *, repeats: int, budget_s: float, sync) -> dict:
     ta, tb = [], []
     busy0, total0, self0 = _cpu_ticks()
     for i in range(n):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
             t0 = time.perf_counter()
             (fn_a, fn_b)[which]()
             sync()
@@ -265,10 +288,19 @@ def _time_paired(fn_a, fn_b, *, repeats: int, budget_s: float, sync) -> dict:
     busy1, total1, self1 = _cpu_ticks()
     other = ((busy1 - busy0) - (self1 - self0)) / (total1 - total0) if total1 > total0 else None
     ratios = [a / b for a, b in zip(ta, tb)]
-    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "ratios": ratios, "a_median_s": statistics.median(ta), "b_median_s": statistics.median(tb),
-            "a_times_s": ta, "b_times_s": tb, "pairs": n, "warmup_pair_s": warm,
-            "other_cpu_load": None if other is None else max(0.0, other)}
+    return {
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ratios": ratios,
+        "a_median_s": statistics.median(ta),
+        "b_median_s": statistics.median(tb),
+        "a_times_s": ta,
+        "b_times_s": tb,
+        "pairs": n,
+        "warmup_pair_s": warm,
+        "other_cpu_load": None if other is None else max(0.0, other),
+    }
 
 
 def worker(cfg: dict) -> dict:
@@ -279,11 +311,21 @@ def worker(cfg: dict) -> dict:
     torch.set_num_threads(cfg["torch_threads"])
     device = cfg["device"]
     coords, z, b, occ, grid, info = build_case(
-        Path(cfg["model"]), cfg["n_atoms"], voxel=cfg["voxel_size"], margin=cfg["margin"],
-        tile_gap=cfg["tile_gap"], bfactor=cfg["bfactor"], b_clip=tuple(cfg["b_clip"]))
+        Path(cfg["model"]),
+        cfg["n_atoms"],
+        voxel=cfg["voxel_size"],
+        margin=cfg["margin"],
+        tile_gap=cfg["tile_gap"],
+        bfactor=cfg["bfactor"],
+        b_clip=tuple(cfg["b_clip"]),
+    )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    res = {"n_atoms": int(len(coords)), "grid_shape_zyx": list(grid.shape), "n_voxels": int(np.prod(grid.shape)),
-           "tiling": info}
+    res = {
+        "n_atoms": int(len(coords)),
+        "grid_shape_zyx": list(grid.shape),
+        "n_voxels": int(np.prod(grid.shape)),
+        "tiling": info,
+    }
     phase = cfg["phase"]
     t_coords = torch.as_tensor(coords, dtype=torch.float32, device=device)
     t_z = torch.as_tensor(z, dtype=torch.int64, device=device)
@@ -310,6 +352,7 @@ def worker(cfg: dict) -> dict:
         res["sum_ratio_ours_vs_gemmi"] = float(ours.sum() / ref.sum())
         res["max_abs_diff_rel_to_max"] = float(np.abs(ours - ref).max() / np.abs(ref).max())
     elif phase == "forward":
+
         def run():
             with torch.no_grad():
                 simulate_density(t_coords, t_z, grid, **kw)
@@ -326,8 +369,7 @@ def worker(cfg: dict) -> dict:
         def run():
             xyz.grad = None
             bb.grad = None
-            m = simulate_density(xyz, t_z, grid, resolution_A=cfg["resolution"], b_factors=bb,
-                                 occupancies=t_occ)
+            m = simulate_density(xyz, t_z, grid, resolution_A=cfg["resolution"], b_factors=bb, occupancies=t_occ)
             (m * weights).sum().backward()
 
         with _Mem(device) as mem:
@@ -347,8 +389,14 @@ def worker(cfg: dict) -> dict:
                 simulate_density(t_coords, t_z, grid, **kw)
 
         p = _time_paired(run_gemmi, run_ours, repeats=cfg["paired_repeats"], budget_s=cfg["budget_s"], sync=sync)
-        res["timing"] = {"median_s": p["b_median_s"], "min_s": min(p["b_times_s"]), "max_s": max(p["b_times_s"]),
-                         "repeats": p["pairs"], "warmup_s": p["warmup_pair_s"], "other_cpu_load": p["other_cpu_load"]}
+        res["timing"] = {
+            "median_s": p["b_median_s"],
+            "min_s": min(p["b_times_s"]),
+            "max_s": max(p["b_times_s"]),
+            "repeats": p["pairs"],
+            "warmup_s": p["warmup_pair_s"],
+            "other_cpu_load": p["other_cpu_load"],
+        }
         res["paired"] = p
         res["memory"] = {}
     else:
@@ -365,10 +413,12 @@ def _git() -> dict:
 
     status = run("status", "--porcelain")
     lines = [ln for ln in status.splitlines() if ln]
-    return {"commit": run("rev-parse", "HEAD").strip() or None,
-            "dirty": bool(lines),
-            "dirty_tracked": any(not ln.startswith("??") for ln in lines),
-            "changed_paths": [ln[3:] for ln in lines][:50]}
+    return {
+        "commit": run("rev-parse", "HEAD").strip() or None,
+        "dirty": bool(lines),
+        "dirty_tracked": any(not ln.startswith("??") for ln in lines),
+        "changed_paths": [ln[3:] for ln in lines][:50],
+    }
 
 
 def _machine(device: str) -> dict:
@@ -383,12 +433,20 @@ def _machine(device: str) -> dict:
                 break
     except OSError:
         pass
-    m = {"platform": platform.platform(), "processor": platform.processor() or None, "cpu_model": cpu_model,
-         "cpu_count": os.cpu_count(),
-         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-         "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-         "gemmi": gemmi.__version__, "cuda_available": torch.cuda.is_available(), "gpu": None,
-         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}}
+    m = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "gemmi": gemmi.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": None,
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
+    }
     if device == "cuda":
         m["gpu"] = torch.cuda.get_device_name(0)
         m["cuda"] = torch.version.cuda
@@ -432,11 +490,18 @@ def _load_summary(rows: list[dict], threshold: float) -> dict:
     keys = ("gemmi_forward_timing", "ours_forward_timing", "ours_fwd_bwd_timing", "paired_forward")
     per = {str(r["n_atoms"]): max((r[k].get("other_cpu_load") or 0.0) for k in keys if k in r) for r in rows}
     worst = max(per.values(), default=0.0)
-    return {"max_other_cpu_load_by_size": per, "max_other_cpu_load": worst, "high": worst > threshold,
-            "statement": (f"other processes used up to {worst:.0%} of the machine's CPU during some timings "
-                          "(threshold {:.0%}): absolute times are inflated and noisy; the paired ratios are "
-                          "the more reliable comparison".format(threshold)) if worst > threshold else
-                         "machine quiet during all timings (other load within threshold)"}
+    return {
+        "max_other_cpu_load_by_size": per,
+        "max_other_cpu_load": worst,
+        "high": worst > threshold,
+        "statement": (
+            f"other processes used up to {worst:.0%} of the machine's CPU during some timings "
+            "(threshold {:.0%}): absolute times are inflated and noisy; the paired ratios are "
+            "the more reliable comparison".format(threshold)
+        )
+        if worst > threshold
+        else "machine quiet during all timings (other load within threshold)",
+    }
 
 
 def _fmt(x, spec):
@@ -444,28 +509,38 @@ def _fmt(x, spec):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="atom counts")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="structure to build the models from")
     p.add_argument("--voxel-size", type=float, default=1.0, help="Å")
     p.add_argument("--margin", type=float, default=8.0, help="box margin around the atoms, Å")
     p.add_argument("--resolution", type=float, default=3.0, help="Å")
-    p.add_argument("--bfactor", type=float, default=None,
-                   help="fixed B (Å²) for every atom; default: the model's B column clipped to --b-clip")
+    p.add_argument(
+        "--bfactor",
+        type=float,
+        default=None,
+        help="fixed B (Å²) for every atom; default: the model's B column clipped to --b-clip",
+    )
     p.add_argument("--b-clip", type=float, nargs=2, default=(5.0, 150.0), metavar=("LO", "HI"))
     p.add_argument("--tile-gap", type=float, default=4.0, help="gap between tiled copies' bounding boxes, Å")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up")
-    p.add_argument("--paired-repeats", type=int, default=15,
-                   help="gemmi/cryostack forward pairs timed alternately in one process")
-    p.add_argument("--budget", type=float, default=60.0,
-                   help="seconds per measurement; slow calls get fewer repeats (at least 1)")
-    p.add_argument("--max-other-load", type=float, default=0.10,
-                   help="re-run a measurement when other processes used more than this fraction of the CPU")
+    p.add_argument(
+        "--paired-repeats", type=int, default=15, help="gemmi/cryostack forward pairs timed alternately in one process"
+    )
+    p.add_argument(
+        "--budget", type=float, default=60.0, help="seconds per measurement; slow calls get fewer repeats (at least 1)"
+    )
+    p.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.10,
+        help="re-run a measurement when other processes used more than this fraction of the CPU",
+    )
     p.add_argument("--retries", type=int, default=3, help="re-runs of a contaminated measurement (best kept)")
-    p.add_argument("--quiet-wait", type=float, default=60.0,
-                   help="seconds to wait for an idle machine before a re-run")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine before a re-run")
     p.add_argument("--torch-threads", type=int, default=None, help="default: torch.get_num_threads()")
     p.add_argument("--skip-gemmi", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/density_<device>.json")
@@ -498,47 +573,82 @@ def main(argv=None) -> int:
     threads = args.torch_threads or torch.get_num_threads()
     out_path = args.out or REPO / "benchmarks" / "results" / f"density_{device}.json"
 
-    params = {"device": device, "sizes": args.sizes, "model": str(model), "model_name": model.name,
-              "voxel_size_A": args.voxel_size, "margin_A": args.margin, "resolution_A": args.resolution,
-              "resolution_blur_B_A2": resolution_to_bfactor(args.resolution),
-              "bfactor": "fixed" if args.bfactor is not None else "model B column clipped",
-              "bfactor_fixed_A2": args.bfactor, "b_clip_A2": list(args.b_clip),
-              "bfactor_note": ("AF3 model: the B column holds pLDDT (0-100), not B-factors; clipped, it is used "
-                               "only as a realistic spread of atom widths") if args.bfactor is None else None,
-              "tile_gap_A": args.tile_gap, "repeats": args.repeats, "budget_s": args.budget,
-              "dtype": "float32", "torch_threads": threads,
-              "torch_threads_source": "--torch-threads" if args.torch_threads else "torch.get_num_threads()",
-              "gemmi_threads": 1,
-              "gemmi_note": "gemmi DensityCalculatorE is single-threaded and CPU-only; P1 cell equal to the box",
-              "timing": "warm-up once, then median of repeats (fewer when a call exceeds the budget)",
-              "contention": (f"a measurement during which other processes used more than {args.max_other_load:.0%} "
-                             f"of the machine's CPU is re-run (up to {args.retries} times, after waiting up to "
-                             f"{args.quiet_wait:.0f} s for an idle machine); the least contaminated attempt is kept "
-                             "and flagged 'contaminated' if still above the threshold"),
-              "max_other_load": args.max_other_load, "retries": args.retries,
-              "memory_method": ("fresh subprocess per (size, method); peak RSS counter reset via "
-                                "/proc/self/clear_refs after set-up; rss_extra = VmHWM - VmRSS at start. "
-                                "CUDA: torch.cuda.max_memory_allocated() - memory_allocated() at start")}
+    params = {
+        "device": device,
+        "sizes": args.sizes,
+        "model": str(model),
+        "model_name": model.name,
+        "voxel_size_A": args.voxel_size,
+        "margin_A": args.margin,
+        "resolution_A": args.resolution,
+        "resolution_blur_B_A2": resolution_to_bfactor(args.resolution),
+        "bfactor": "fixed" if args.bfactor is not None else "model B column clipped",
+        "bfactor_fixed_A2": args.bfactor,
+        "b_clip_A2": list(args.b_clip),
+        "bfactor_note": (
+            "AF3 model: the B column holds pLDDT (0-100), not B-factors; clipped, it is used "
+            "only as a realistic spread of atom widths"
+        )
+        if args.bfactor is None
+        else None,
+        "tile_gap_A": args.tile_gap,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "dtype": "float32",
+        "torch_threads": threads,
+        "torch_threads_source": "--torch-threads" if args.torch_threads else "torch.get_num_threads()",
+        "gemmi_threads": 1,
+        "gemmi_note": "gemmi DensityCalculatorE is single-threaded and CPU-only; P1 cell equal to the box",
+        "timing": "warm-up once, then median of repeats (fewer when a call exceeds the budget)",
+        "contention": (
+            f"a measurement during which other processes used more than {args.max_other_load:.0%} "
+            f"of the machine's CPU is re-run (up to {args.retries} times, after waiting up to "
+            f"{args.quiet_wait:.0f} s for an idle machine); the least contaminated attempt is kept "
+            "and flagged 'contaminated' if still above the threshold"
+        ),
+        "max_other_load": args.max_other_load,
+        "retries": args.retries,
+        "memory_method": (
+            "fresh subprocess per (size, method); peak RSS counter reset via "
+            "/proc/self/clear_refs after set-up; rss_extra = VmHWM - VmRSS at start. "
+            "CUDA: torch.cuda.max_memory_allocated() - memory_allocated() at start"
+        ),
+    }
 
-    console.print(f"[bold]cryostack density benchmark[/bold] on [cyan]{device}[/cyan], torch threads {threads}, "
-                  f"model {model.name}, {args.voxel_size} Å voxels, {args.resolution} Å")
+    console.print(
+        f"[bold]cryostack density benchmark[/bold] on [cyan]{device}[/cyan], torch threads {threads}, "
+        f"model {model.name}, {args.voxel_size} Å voxels, {args.resolution} Å"
+    )
     phases = [ph for ph in PHASES if not (ph in ("gemmi", "paired") and args.skip_gemmi)]
     rows = []
     t_start = time.perf_counter()
     for n in args.sizes:
         row: dict = {"n_atoms": n}
         for ph in phases:
-            cfg = {"phase": ph, "device": "cpu" if ph == "gemmi" else device, "n_atoms": n, "model": str(model),
-                   "voxel_size": args.voxel_size, "margin": args.margin, "resolution": args.resolution,
-                   "bfactor": args.bfactor, "b_clip": list(args.b_clip), "tile_gap": args.tile_gap,
-                   "repeats": args.repeats, "budget_s": args.budget, "torch_threads": threads,
-                   "paired_repeats": args.paired_repeats}
+            cfg = {
+                "phase": ph,
+                "device": "cpu" if ph == "gemmi" else device,
+                "n_atoms": n,
+                "model": str(model),
+                "voxel_size": args.voxel_size,
+                "margin": args.margin,
+                "resolution": args.resolution,
+                "bfactor": args.bfactor,
+                "b_clip": list(args.b_clip),
+                "tile_gap": args.tile_gap,
+                "repeats": args.repeats,
+                "budget_s": args.budget,
+                "torch_threads": threads,
+                "paired_repeats": args.paired_repeats,
+            }
             r, loads = None, []
             t0 = time.perf_counter()
             for attempt in range(args.retries + 1):
                 if attempt:
-                    with console.status(f"N={n:,}: {ph}: other processes used {loads[-1]:.0%} of the CPU; "
-                                        f"waiting up to {args.quiet_wait:.0f} s for a quiet machine …"):
+                    with console.status(
+                        f"N={n:,}: {ph}: other processes used {loads[-1]:.0%} of the CPU; "
+                        f"waiting up to {args.quiet_wait:.0f} s for a quiet machine …"
+                    ):
                         _wait_quiet(args.quiet_wait)
                 with console.status(f"N={n:,}: {ph} (attempt {attempt + 1}) …"):
                     ri = _run_worker(cfg)
@@ -550,16 +660,23 @@ def main(argv=None) -> int:
             r["timing"]["attempt_loads"] = loads
             r["timing"]["contaminated"] = (r["timing"]["other_cpu_load"] or 0.0) > args.max_other_load
             wall = time.perf_counter() - t0
-            row.update(n_atoms=r["n_atoms"], grid_shape_zyx=r["grid_shape_zyx"], n_voxels=r["n_voxels"],
-                       grid_float32_MiB=r["n_voxels"] * 4 / 2**20, tiling=r["tiling"])
+            row.update(
+                n_atoms=r["n_atoms"],
+                grid_shape_zyx=r["grid_shape_zyx"],
+                n_voxels=r["n_voxels"],
+                grid_float32_MiB=r["n_voxels"] * 4 / 2**20,
+                tiling=r["tiling"],
+            )
             t = r["timing"]
             if ph == "paired":
                 r["paired"].update(attempt_loads=loads, contaminated=t["contaminated"])
                 row["paired_forward"] = r["paired"]
                 row["ratio_forward_vs_gemmi_paired"] = r["paired"]["ratio_median"]
-                console.log(f"N={r['n_atoms']:,} paired   gemmi/ours median ratio {r['paired']['ratio_median']:.2f} "
-                            f"({r['paired']['pairs']} pairs, range {r['paired']['ratio_min']:.2f}-"
-                            f"{r['paired']['ratio_max']:.2f}; other load {t['other_cpu_load'] or 0:.0%})")
+                console.log(
+                    f"N={r['n_atoms']:,} paired   gemmi/ours median ratio {r['paired']['ratio_median']:.2f} "
+                    f"({r['paired']['pairs']} pairs, range {r['paired']['ratio_min']:.2f}-"
+                    f"{r['paired']['ratio_max']:.2f}; other load {t['other_cpu_load'] or 0:.0%})"
+                )
                 continue
             key = {"gemmi": "gemmi_forward", "forward": "ours_forward", "fwd_bwd": "ours_fwd_bwd"}[ph]
             row[f"{key}_s"] = t["median_s"]
@@ -573,62 +690,122 @@ def main(argv=None) -> int:
                 row["grad_finite"] = r["grad_finite"]
             load = t.get("other_cpu_load")
             warn = f" [yellow]other processes used {load:.0%} of the CPU[/yellow]" if load and load > 0.1 else ""
-            console.log(f"N={r['n_atoms']:,} {ph:8s} median {t['median_s']:.4f} s "
-                        f"(attempts {len(loads)}, {t['repeats']} repeats, min {t['min_s']:.4f}, max {t['max_s']:.4f}, warm-up "
-                        f"{t['warmup_s']:.3f} s; worker {wall:.1f} s){warn}")
+            console.log(
+                f"N={r['n_atoms']:,} {ph:8s} median {t['median_s']:.4f} s "
+                f"(attempts {len(loads)}, {t['repeats']} repeats, min {t['min_s']:.4f}, max {t['max_s']:.4f}, warm-up "
+                f"{t['warmup_s']:.3f} s; worker {wall:.1f} s){warn}"
+            )
         if "gemmi_forward_s" in row:
             row["ratio_forward_vs_gemmi"] = row["gemmi_forward_s"] / row["ours_forward_s"]
             row["ratio_fwd_bwd_vs_gemmi_forward"] = row["gemmi_forward_s"] / row["ours_fwd_bwd_s"]
         rows.append(row)
     total = time.perf_counter() - t_start
 
-    result = {"benchmark": "density", "machine": _machine(device),
-              "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "git": _git(), "parameters": params, "total_runtime_s": total,
-              "load_summary": _load_summary(rows, args.max_other_load),
-              "notes": {"ratio_forward_vs_gemmi": ("gemmi_forward_s / ours_forward_s (>1: ours faster); the two "
-                                                   "are timed in separate processes, possibly under different load"),
-                        "ratio_forward_vs_gemmi_paired": ("median over pairs of gemmi time / ours, the two timed "
-                                                          "alternately in one process (same load); >1: ours faster"),
-                        "other_cpu_load": ("per measurement: fraction of the machine's CPU time used by "
-                                           "other processes during the timed repeats; > 0.1 means the "
-                                           "timing is contaminated by concurrent work"),
-                        "memory": ("per phase: extra resident memory (MiB) over the process after set-up. "
-                                   "gemmi's grid is allocated at set-up (set_size), so gemmi's figure excludes "
-                                   "it; ours allocates its output (and padded work grid) per call, so ours "
-                                   "includes it: compare with grid_float32_MiB")},
-              "results": rows}
+    result = {
+        "benchmark": "density",
+        "machine": _machine(device),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "git": _git(),
+        "parameters": params,
+        "total_runtime_s": total,
+        "load_summary": _load_summary(rows, args.max_other_load),
+        "notes": {
+            "ratio_forward_vs_gemmi": (
+                "gemmi_forward_s / ours_forward_s (>1: ours faster); the two "
+                "are timed in separate processes, possibly under different load"
+            ),
+            "ratio_forward_vs_gemmi_paired": (
+                "median over pairs of gemmi time / ours, the two timed "
+                "alternately in one process (same load); >1: ours faster"
+            ),
+            "other_cpu_load": (
+                "per measurement: fraction of the machine's CPU time used by "
+                "other processes during the timed repeats; > 0.1 means the "
+                "timing is contaminated by concurrent work"
+            ),
+            "memory": (
+                "per phase: extra resident memory (MiB) over the process after set-up. "
+                "gemmi's grid is allocated at set-up (set_size), so gemmi's figure excludes "
+                "it; ours allocates its output (and padded work grid) per call, so ours "
+                "includes it: compare with grid_float32_MiB"
+            ),
+        },
+        "results": rows,
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
 
-    tab = Table(title=f"Density simulation, {device} (torch {threads} threads, gemmi 1 thread), "
-                      f"{args.voxel_size} Å voxels, {args.resolution} Å")
-    for col in ("atoms", "grid (z,y,x)", "gemmi s", "gemmi atoms/s", "ours fwd s", "ours fwd atoms/s",
-                "ours fwd+bwd s", "fwd+bwd atoms/s", "fwd vs gemmi", "paired", "corr", "peak MiB g/f/fb",
-                "other load"):
+    tab = Table(
+        title=f"Density simulation, {device} (torch {threads} threads, gemmi 1 thread), "
+        f"{args.voxel_size} Å voxels, {args.resolution} Å"
+    )
+    for col in (
+        "atoms",
+        "grid (z,y,x)",
+        "gemmi s",
+        "gemmi atoms/s",
+        "ours fwd s",
+        "ours fwd atoms/s",
+        "ours fwd+bwd s",
+        "fwd+bwd atoms/s",
+        "fwd vs gemmi",
+        "paired",
+        "corr",
+        "peak MiB g/f/fb",
+        "other load",
+    ):
         tab.add_column(col, justify="right")
     for r in rows:
-        mem = [r.get(f"{k}_memory", {}).get("gpu_extra_MiB" if (device == "cuda" and k != "gemmi_forward")
-                                            else "rss_extra_MiB") for k in ("gemmi_forward", "ours_forward",
-                                                                            "ours_fwd_bwd")]
-        tab.add_row(f"{r['n_atoms']:,}", "×".join(map(str, r["grid_shape_zyx"])),
-                    _fmt(r.get("gemmi_forward_s"), ".4f"), _fmt(r.get("gemmi_forward_atoms_per_s"), ",.0f"),
-                    _fmt(r["ours_forward_s"], ".4f"), _fmt(r["ours_forward_atoms_per_s"], ",.0f"),
-                    _fmt(r["ours_fwd_bwd_s"], ".4f"), _fmt(r["ours_fwd_bwd_atoms_per_s"], ",.0f"),
-                    _fmt(r.get("ratio_forward_vs_gemmi"), ".2f") + ("×" if "ratio_forward_vs_gemmi" in r else ""),
-                    _fmt(r.get("ratio_forward_vs_gemmi_paired"), ".2f") + ("×" if "paired_forward" in r else ""),
-                    _fmt(r.get("correlation_vs_gemmi"), ".7f"),
-                    "/".join(_fmt(m, ".0f") for m in mem),
-                    _fmt(max((r[f"{k}_timing"].get("other_cpu_load") or 0.0) for k in
-                             ("gemmi_forward", "ours_forward", "ours_fwd_bwd") if f"{k}_timing" in r), ".0%")
-                    + (" !" if any(r[f"{k}_timing"].get("contaminated") for k in
-                                   ("gemmi_forward", "ours_forward", "ours_fwd_bwd") if f"{k}_timing" in r) else ""))
+        mem = [
+            r.get(f"{k}_memory", {}).get(
+                "gpu_extra_MiB" if (device == "cuda" and k != "gemmi_forward") else "rss_extra_MiB"
+            )
+            for k in ("gemmi_forward", "ours_forward", "ours_fwd_bwd")
+        ]
+        tab.add_row(
+            f"{r['n_atoms']:,}",
+            "×".join(map(str, r["grid_shape_zyx"])),
+            _fmt(r.get("gemmi_forward_s"), ".4f"),
+            _fmt(r.get("gemmi_forward_atoms_per_s"), ",.0f"),
+            _fmt(r["ours_forward_s"], ".4f"),
+            _fmt(r["ours_forward_atoms_per_s"], ",.0f"),
+            _fmt(r["ours_fwd_bwd_s"], ".4f"),
+            _fmt(r["ours_fwd_bwd_atoms_per_s"], ",.0f"),
+            _fmt(r.get("ratio_forward_vs_gemmi"), ".2f") + ("×" if "ratio_forward_vs_gemmi" in r else ""),
+            _fmt(r.get("ratio_forward_vs_gemmi_paired"), ".2f") + ("×" if "paired_forward" in r else ""),
+            _fmt(r.get("correlation_vs_gemmi"), ".7f"),
+            "/".join(_fmt(m, ".0f") for m in mem),
+            _fmt(
+                max(
+                    (r[f"{k}_timing"].get("other_cpu_load") or 0.0)
+                    for k in ("gemmi_forward", "ours_forward", "ours_fwd_bwd")
+                    if f"{k}_timing" in r
+                ),
+                ".0%",
+            )
+            + (
+                " !"
+                if any(
+                    r[f"{k}_timing"].get("contaminated")
+                    for k in ("gemmi_forward", "ours_forward", "ours_fwd_bwd")
+                    if f"{k}_timing" in r
+                )
+                else ""
+            ),
+        )
     console.print(tab)
-    if any(r.get(f"{k}_timing", {}).get("contaminated") for r in rows for k in
-           ("gemmi_forward", "ours_forward", "ours_fwd_bwd")):
-        console.print("[yellow]! some timings were taken while other processes loaded the CPU "
-                      "(see other_cpu_load in the JSON); treat them as unreliable[/yellow]")
-    console.print(f"total runtime {total:.1f} s; wrote {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")
+    if any(
+        r.get(f"{k}_timing", {}).get("contaminated")
+        for r in rows
+        for k in ("gemmi_forward", "ours_forward", "ours_fwd_bwd")
+    ):
+        console.print(
+            "[yellow]! some timings were taken while other processes loaded the CPU "
+            "(see other_cpu_load in the JSON); treat them as unreliable[/yellow]"
+        )
+    console.print(
+        f"total runtime {total:.1f} s; wrote {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}"
+    )
     return 0
 
 

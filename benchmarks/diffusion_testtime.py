@@ -40,10 +40,19 @@ def trace(objective, step_fn, steps: int, every: int) -> dict:
     for step in range(steps + 1):
         x, loss, terms = step_fn(step, last=step == steps)
         if step % every == 0 or step == steps:
-            points.append({"step": step, "loss": round(float(loss), 4), "bond_z2": round(float(terms["bond"]), 4),
-                           "cc": round(1.0 - float(terms["density"]), 4)})
-    return {"trace": points, "best_loss": min(p["loss"] for p in points),
-            "s_per_step": (time.perf_counter() - t0) / (steps + 1)}
+            points.append(
+                {
+                    "step": step,
+                    "loss": round(float(loss), 4),
+                    "bond_z2": round(float(terms["bond"]), 4),
+                    "cc": round(1.0 - float(terms["density"]), 4),
+                }
+            )
+    return {
+        "trace": points,
+        "best_loss": min(p["loss"] for p in points),
+        "s_per_step": (time.perf_counter() - t0) / (steps + 1),
+    }
 
 
 def direct_fn(objective, x0: torch.Tensor, lr: float):
@@ -64,8 +73,9 @@ def direct_fn(objective, x0: torch.Tensor, lr: float):
     return step
 
 
-def denoiser_fn(objective, x0: torch.Tensor, pretrained, feats, sigma_A: float, lr: float, residual: bool,
-                timing: dict):
+def denoiser_fn(
+    objective, x0: torch.Tensor, pretrained, feats, sigma_A: float, lr: float, residual: bool, timing: dict
+):
     from cryostack.refine.diffusion.config import TestTimeConfig
     from cryostack.refine.diffusion.testtime import _base_offset, _step_output, _trainable_copy
 
@@ -113,11 +123,20 @@ def run_case(case: str, work: Path, args) -> dict:
     place_s = time.perf_counter() - t0
     with torch.no_grad():
         loss0, terms0 = objective(x0)
-    out = {"case": case, "atoms": int(x0.shape[0]), "place_s": place_s,
-           "placed": {"loss": float(loss0), "bond_z2": float(terms0["bond"]), "cc": 1.0 - float(terms0["density"])},
-           "runs": []}
-    out["runs"].append({"method": "direct", "lr": RefineConfig.lr,
-                        **trace(objective, direct_fn(objective, x0, RefineConfig.lr), args.steps, args.every)})
+    out = {
+        "case": case,
+        "atoms": int(x0.shape[0]),
+        "place_s": place_s,
+        "placed": {"loss": float(loss0), "bond_z2": float(terms0["bond"]), "cc": 1.0 - float(terms0["density"])},
+        "runs": [],
+    }
+    out["runs"].append(
+        {
+            "method": "direct",
+            "lr": RefineConfig.lr,
+            **trace(objective, direct_fn(objective, x0, RefineConfig.lr), args.steps, args.every),
+        }
+    )
     pretrained = load_denoiser(None)
     feats = featurize(objective.atoms)
     variants = [("raw", s, lr) for s in args.sigmas for lr in args.raw_lrs]
@@ -125,12 +144,20 @@ def run_case(case: str, work: Path, args) -> dict:
     for kind, sigma, lr in variants:
         timing: dict = {}
         fn = denoiser_fn(objective, x0, pretrained, feats, sigma, lr, kind == "residual", timing)
-        row = {"method": f"diffusion_{kind}", "sigma_A": sigma, "lr": lr, **trace(objective, fn, args.steps, args.every)}
+        row = {
+            "method": f"diffusion_{kind}",
+            "sigma_A": sigma,
+            "lr": lr,
+            **trace(objective, fn, args.steps, args.every),
+        }
         n = timing.pop("n")
         row.update({k: v / n for k, v in timing.items()})
         out["runs"].append(row)
-        print(f"{case} {row['method']} sigma {sigma} lr {lr}: best loss {row['best_loss']:.3f} "
-              f"(placed {out['placed']['loss']:.3f})", flush=True)
+        print(
+            f"{case} {row['method']} sigma {sigma} lr {lr}: best loss {row['best_loss']:.3f} "
+            f"(placed {out['placed']['loss']:.3f})",
+            flush=True,
+        )
     return out
 
 
@@ -151,8 +178,12 @@ def main() -> None:
     from cryostack.io.atomic import atomic_output
 
     with atomic_output(Path(args.out)) as tmp:
-        Path(tmp).write_text(json.dumps({"machine": refine_bench.machine(), "args": {k: v for k, v in vars(args).items()},
-                                         "cases": results}, indent=1))
+        Path(tmp).write_text(
+            json.dumps(
+                {"machine": refine_bench.machine(), "args": {k: v for k, v in vars(args).items()}, "cases": results},
+                indent=1,
+            )
+        )
     print(f"wrote {args.out}")
 
 

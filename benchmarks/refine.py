@@ -49,7 +49,13 @@ REAL = {
     "4uft": ("maps/cryonet_refine_boxed/4uft.mrc", "maps/cryonet_refine_boxed/4uft_af3.cif", None, False, None),
     "6ksw": ("maps/cryonet_refine_boxed/6ksw.mrc", "maps/cryonet_refine_boxed/6ksw_af3.cif", None, False, None),
     "6vrc": ("maps/cryonet_refine_boxed/6vrc.mrc", "maps/cryonet_refine_boxed/6vrc_af3.cif", None, False, None),
-    "spike_ntd": ("maps/emd_21457_spike_ntd_segment/emd_21457_seg.mrc", "maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb", 3.2, True, "truth"),
+    "spike_ntd": (
+        "maps/emd_21457_spike_ntd_segment/emd_21457_seg.mrc",
+        "maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb",
+        3.2,
+        True,
+        "truth",
+    ),
     "factin": ("maps/emd_5168_factin/emd_5168_monomer.mrc", "maps/emd_5168_factin/3MFP.pdb", 6.6, True, "truth"),
 }
 #: Reported resolutions of the CryoNet.Refine example maps (EMDB entries), Å.
@@ -73,8 +79,13 @@ def prepare(case: str, work: Path) -> dict:
         map_rel, model_rel, res, do_perturb, ref = REAL[case]
         res = res or REAL_RESOLUTION_A[case]
         model = read_structure(SHARED / model_rel)
-        info = {"kind": "real", "map": str(SHARED / map_rel), "resolution_A": res, "truth": None,
-                "n_residues": len(model.atoms().residue_names)}
+        info = {
+            "kind": "real",
+            "map": str(SHARED / map_rel),
+            "resolution_A": res,
+            "truth": None,
+            "n_residues": len(model.atoms().residue_names),
+        }
         if do_perturb:
             start = perturb_model(model, 0.3, (0.9, -0.9, 0.7), seed=0)
             info["model"] = str(start.write(d / "start.pdb"))
@@ -94,12 +105,20 @@ def prepare(case: str, work: Path) -> dict:
         data = simulate_model_map(truth, grid, res, use_b_factors=False)
         rng = np.random.default_rng(int(idx))
         data, noise_sd = add_resolution_noise(data, grid.voxel_size, res, rng, noise_bfactor_A2=SIM_NOISE_BFACTOR_A2)
-        map_path = write_map(DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin),
-                             d / "map.mrc")
+        map_path = write_map(
+            DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin), d / "map.mrc"
+        )
         start = perturb_model(truth, 0.3, (0, 0, 0), seed=int(idx), domain_shift_A=(2.0, 5.0))
-        info = {"kind": "simulated", "map": str(map_path), "resolution_A": res, "truth": str(truth_path),
-                "model": str(start.write(d / "start.pdb")), "n_residues": len(truth.atoms().residue_names),
-                "pdb_id": truth.gemmi.name, "noise_sd": noise_sd}
+        info = {
+            "kind": "simulated",
+            "map": str(map_path),
+            "resolution_A": res,
+            "truth": str(truth_path),
+            "model": str(start.write(d / "start.pdb")),
+            "n_residues": len(truth.atoms().residue_names),
+            "pdb_id": truth.gemmi.name,
+            "noise_sd": noise_sd,
+        }
     meta.write_text(json.dumps(info, indent=2))
     return info
 
@@ -111,22 +130,37 @@ def metrics(model_path: str, info: dict) -> dict:
 
     model = read_structure(model_path)
     ref = read_structure(info["truth"]) if info.get("truth") else None
-    v = validate(model, density=info["map"], resolution_A=info["resolution_A"], reference=ref, compute_q=False).to_dict()
+    v = validate(
+        model, density=info["map"], resolution_A=info["resolution_A"], reference=ref, compute_q=False
+    ).to_dict()
     mm, g = v["map_model"], v["geometry"]
     out = {
-        "cc_mask": mm.get("cc_mask"), "cc_box": mm.get("cc_box"), "cc_mc": mm.get("cc_mc"), "cc_sc": mm.get("cc_sc"),
-        "cc_peaks": mm.get("cc_peaks"), "cc_volume": mm.get("cc_volume"),
-        "bond_rmsd_A": g.get("bond_rmsd"), "angle_rmsd_deg": g.get("angle_rmsd"),
+        "cc_mask": mm.get("cc_mask"),
+        "cc_box": mm.get("cc_box"),
+        "cc_mc": mm.get("cc_mc"),
+        "cc_sc": mm.get("cc_sc"),
+        "cc_peaks": mm.get("cc_peaks"),
+        "cc_volume": mm.get("cc_volume"),
+        "bond_rmsd_A": g.get("bond_rmsd"),
+        "angle_rmsd_deg": g.get("angle_rmsd"),
         "rama_favored_pct": (g.get("ramachandran") or {}).get("favored_pct"),
         "rama_outlier_pct": (g.get("ramachandran") or {}).get("outlier_pct"),
         "rotamer_outlier_pct": (g.get("rotamer") or {}).get("outlier_pct"),
-        "cbeta_deviations": g.get("cbeta_deviations"), "clashscore": g.get("clashscore"),
+        "cbeta_deviations": g.get("cbeta_deviations"),
+        "clashscore": g.get("clashscore"),
     }
     if ref is not None:
         r = v["reference"] or {}
         out["lddt_to_truth"] = r.get("lddt")
         a, b = model.atoms(), ref.atoms()
-        key = lambda arr, i: (arr.chain_ids[arr.chain_index[i]], int(arr.residue_numbers[arr.residue_index[i]]), arr.atom_names[i])  # noqa: E731
+
+        def key(arr, i):
+            return (
+                arr.chain_ids[arr.chain_index[i]],
+                int(arr.residue_numbers[arr.residue_index[i]]),
+                arr.atom_names[i],
+            )
+
         where = {key(b, i): i for i in range(b.n_atoms)}
         pairs = [(i, where[key(a, i)]) for i in range(a.n_atoms) if key(a, i) in where]
         ia, ib = np.array(pairs).T
@@ -152,8 +186,22 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["servalcat_input_atoms_removed"] = removed
         map_in = _servalcat_map(info["map"], out_dir)
         extra["servalcat_map_origin_moved_to_nstart"] = map_in != info["map"]
-        cmd = ["servalcat", "refine_spa_norefmac", "--map", map_in, "--model", model_in,
-               "-d", str(info["resolution_A"]), "--monlib", str(monlib), "-o", "refined", "--ncycle", "10"]
+        cmd = [
+            "servalcat",
+            "refine_spa_norefmac",
+            "--map",
+            map_in,
+            "--model",
+            model_in,
+            "-d",
+            str(info["resolution_A"]),
+            "--monlib",
+            str(monlib),
+            "-o",
+            "refined",
+            "--ncycle",
+            "10",
+        ]
         if method == "servalcat_tight":
             # servalcat's defaults aim at bond rmsZ 0.5–1 and leave Ramachandran and rotamers to the
             # data; jelly-body restraints and a tighter bond target give geometry near ours, so the
@@ -164,7 +212,9 @@ def run_one(case: str, method: str, work: Path) -> dict:
         p = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
         (out_dir / "servalcat.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
-            raise RuntimeError(f"servalcat failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+            raise RuntimeError(
+                f"servalcat failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}"
+            )
         cands = [out_dir / n for n in ("refined.mmcif", "refined.cif", "refined.pdb")]
         model_out = str(next(c for c in cands if c.exists()))
         extra["servalcat_command"] = " ".join(cmd[1:])
@@ -176,8 +226,9 @@ def run_one(case: str, method: str, work: Path) -> dict:
         optimiser, _, weight_text = method.partition("@")
         weights = LossWeights.parse(weight_text.replace(";", ","))
         structure = read_structure(info["model"])
-        refined, result = refine(structure, read_map(info["map"]), info["resolution_A"], RefineConfig(method=optimiser),
-                                 weights)
+        refined, result = refine(
+            structure, read_map(info["map"]), info["resolution_A"], RefineConfig(method=optimiser), weights
+        )
         refined.source = None
         model_out = str(refined.write(out_dir / "refined.cif"))
         extra["recycles"] = len(result.history) - 1
@@ -190,17 +241,25 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["rotamer_fit_outliers_kept_as_candidates"] = fit.get("outliers_kept_as_candidates")
         extra["refine_config"] = _config_dict()["config"]
         extra["loss_weights"] = weights.__dict__
-        extra["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                             text=True).stdout.strip()
+        extra["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     wall = time.perf_counter() - t0
     ru_self, ru_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = ru_self.ru_utime + ru_self.ru_stime + ru_children.ru_utime + ru_children.ru_stime
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    row = {"case": case, "kind": info["kind"], "method": method, "resolution_A": info["resolution_A"],
-           "n_residues": info.get("n_residues"), "wall_s": wall if method not in ("input", "truth") else 0.0,
-           "cpu_s_including_setup": cpu if method not in ("input", "truth") else 0.0,
-           "peak_rss_MiB": max(peak_self, peak_children) if method not in ("input", "truth") else None, **extra}
+    row = {
+        "case": case,
+        "kind": info["kind"],
+        "method": method,
+        "resolution_A": info["resolution_A"],
+        "n_residues": info.get("n_residues"),
+        "wall_s": wall if method not in ("input", "truth") else 0.0,
+        "cpu_s_including_setup": cpu if method not in ("input", "truth") else 0.0,
+        "peak_rss_MiB": max(peak_self, peak_children) if method not in ("input", "truth") else None,
+        **extra,
+    }
     row.update(metrics(model_out, info))
     return row
 
@@ -225,8 +284,9 @@ def _servalcat_map(map_path: str, out_dir: Path) -> str:
         return map_path
     nstart = grid_nstart(density.origin, density.voxel_size)
     if nstart is None:
-        raise ValueError(f"{map_path}: origin {density.origin} Å is not a whole number of voxels; "
-                         "servalcat cannot take it as NSTART")
+        raise ValueError(
+            f"{map_path}: origin {density.origin} Å is not a whole number of voxels; servalcat cannot take it as NSTART"
+        )
     path = out_dir / "servalcat_map.mrc"
     write_map(replace(density, nstart=nstart, header_origin=False), path)
     return str(path)
@@ -265,7 +325,7 @@ def _servalcat_input(model_path: str, out_dir: Path, monlib: Path) -> tuple[str,
 
 
 def _monlib() -> Path:
-    from cryostack.validate.geometry import monomer_library_dir
+    from cryostack.chem.monlib import monomer_library_dir
 
     return monomer_library_dir()
 
@@ -297,38 +357,70 @@ def sim_cases(corpus_root: Path, n_chains: int, split_from: Path | None = None) 
     else:
         test_keys = {(r["pdb_id"], r["chain_id"]) for r in table if r["split"] == "test"}
     seen = _trained_chains()
-    test = [r["index"] for r in table
-            if (r["pdb_id"], r["chain_id"]) in test_keys and (r["pdb_id"], r["chain_id"]) not in seen and r["has_sidechains"]]
+    test = [
+        r["index"]
+        for r in table
+        if (r["pdb_id"], r["chain_id"]) in test_keys
+        and (r["pdb_id"], r["chain_id"]) not in seen
+        and r["has_sidechains"]
+    ]
     return [f"sim:{corpus_root}:{i}:{res}" for i in test[:n_chains] for res in SIM_RESOLUTIONS_A]
 
 
 def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "benchmarks/refine.py", "src/cryostack/refine",
-                                 "src/cryostack/geometry"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "benchmarks/refine.py", "src/cryostack/refine", "src/cryostack/geometry"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     import torch
 
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": commit, "refine_code_modified_since_commit": dirty,
-            "load_average_at_end": os.getloadavg()}
+    return {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "refine_code_modified_since_commit": dirty,
+        "load_average_at_end": os.getloadavg(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="spike_ntd,factin,4uft,6vrc,6ksw,sim")
     ap.add_argument("--methods", default="input,truth,direct,diffusion,servalcat,servalcat_tight")
-    ap.add_argument("--corpus", default=str(ROOT / "tests" / "data" / "corpus_sample"),
-                    help="corpus with a test split (full corpus if exported, else the bundled sample)")
-    ap.add_argument("--split-from", default=None,
-                    help="corpus whose test split decides which --corpus chains are test chains (default: --corpus's own)")
+    ap.add_argument(
+        "--corpus",
+        default=str(ROOT / "tests" / "data" / "corpus_sample"),
+        help="corpus with a test split (full corpus if exported, else the bundled sample)",
+    )
+    ap.add_argument(
+        "--split-from",
+        default=None,
+        help="corpus whose test split decides which --corpus chains are test chains (default: --corpus's own)",
+    )
     ap.add_argument("--sim-chains", type=int, default=30)
-    ap.add_argument("--sim-peer-chains", type=int, default=None,
-                    help="run the methods other than input and direct on only the first N simulated chains")
-    ap.add_argument("--sim-slice", default=None, metavar="START:STOP",
-                    help="only these simulated chains (Python slice of the --sim-chains list), to split one "
-                         "run over processes sharing --work; a final run without it assembles all rows")
+    ap.add_argument(
+        "--sim-peer-chains",
+        type=int,
+        default=None,
+        help="run the methods other than input and direct on only the first N simulated chains",
+    )
+    ap.add_argument(
+        "--sim-slice",
+        default=None,
+        metavar="START:STOP",
+        help="only these simulated chains (Python slice of the --sim-chains list), to split one "
+        "run over processes sharing --work; a final run without it assembles all rows",
+    )
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cryostack_refine_bench"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--run", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
@@ -344,8 +436,11 @@ def main() -> None:
     from cryostack.refine import available_methods
 
     # "direct@density=300;rama=1": an optimiser with loss weights changed (a geometry/fit trade-off curve)
-    methods = [m for m in args.methods.split(",") if m in ("input", "truth", "servalcat", "servalcat_tight")
-               or m.partition("@")[0] in available_methods()]
+    methods = [
+        m
+        for m in args.methods.split(",")
+        if m in ("input", "truth", "servalcat", "servalcat_tight") or m.partition("@")[0] in available_methods()
+    ]
     skipped_methods = [m for m in args.methods.split(",") if m not in methods]
     if shutil.which("servalcat", path=str(Path(sys.executable).parent)) is None:
         for m in [m for m in methods if m.startswith("servalcat")]:
@@ -358,7 +453,7 @@ def main() -> None:
             if args.sim_slice:
                 a, _, b = args.sim_slice.partition(":")
                 n_res = len(SIM_RESOLUTIONS_A)
-                sims = sims[int(a or 0) * n_res:(int(b) * n_res if b else None)]
+                sims = sims[int(a or 0) * n_res : (int(b) * n_res if b else None)]
             cases += sims
         elif c in REAL and (SHARED / REAL[c][0]).exists():
             cases.append(c)
@@ -378,8 +473,12 @@ def main() -> None:
                 continue
             if "@" in method and case.startswith("sim:"):  # weight variants: a trade-off curve on the real cases
                 continue
-            if (peer_sim is not None and case.startswith("sim:") and method not in ("input", "truth", "direct")
-                    and case not in peer_sim):
+            if (
+                peer_sim is not None
+                and case.startswith("sim:")
+                and method not in ("input", "truth", "direct")
+                and case not in peer_sim
+            ):
                 continue
             f = cache / f"{_slug(case)}__{method}.json"
             failed = f.with_suffix(".failed.json")
@@ -393,8 +492,9 @@ def main() -> None:
                 not_run.append(f"{case} {method}")
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {case} {method}", flush=True)
-            p = subprocess.run([sys.executable, __file__, "--work", str(work), "--run", case, method],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [sys.executable, __file__, "--work", str(work), "--run", case, method], capture_output=True, text=True
+            )
             if p.returncode != 0:
                 msg = (p.stderr.strip().splitlines() or ["?"])[-1]
                 failures.append({"case": case, "method": method, "error": msg})
@@ -404,22 +504,43 @@ def main() -> None:
             row = json.loads(p.stdout.strip().splitlines()[-1])
             f.write_text(json.dumps(row, indent=2))
             rows.append(row)
-            print(f"   CC_mask {row['cc_mask']:.3f} bond {row['bond_rmsd_A']:.4f} angle {row['angle_rmsd_deg']:.2f} "
-                  f"wall {row['wall_s']:.0f} s", flush=True)
+            print(
+                f"   CC_mask {row['cc_mask']:.3f} bond {row['bond_rmsd_A']:.4f} angle {row['angle_rmsd_deg']:.2f} "
+                f"wall {row['wall_s']:.0f} s",
+                flush=True,
+            )
     write_summary(rows, failures, not_run, skipped_methods, args, Path(args.out))
 
 
 def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> None:
     def mean(kind, method, key, cases=None):
-        vals = [r[key] for r in rows if r["kind"] == kind and r["method"] == method and r.get(key) is not None
-                and (cases is None or r["case"] in cases)]
+        vals = [
+            r[key]
+            for r in rows
+            if r["kind"] == kind
+            and r["method"] == method
+            and r.get(key) is not None
+            and (cases is None or r["case"] in cases)
+        ]
         return float(np.mean(vals)) if vals else None
 
     summary = {}
     for kind in ("real", "simulated"):
         for method in sorted({r["method"] for r in rows}):
-            keys = ("cc_mask", "cc_box", "bond_rmsd_A", "angle_rmsd_deg", "rama_favored_pct", "rama_outlier_pct",
-                    "rotamer_outlier_pct", "cbeta_deviations", "clashscore", "rmsd_to_truth_A", "lddt_to_truth", "wall_s")
+            keys = (
+                "cc_mask",
+                "cc_box",
+                "bond_rmsd_A",
+                "angle_rmsd_deg",
+                "rama_favored_pct",
+                "rama_outlier_pct",
+                "rotamer_outlier_pct",
+                "cbeta_deviations",
+                "clashscore",
+                "rmsd_to_truth_A",
+                "lddt_to_truth",
+                "wall_s",
+            )
             s = {k: mean(kind, method, k) for k in keys}
             s["n"] = sum(1 for r in rows if r["kind"] == kind and r["method"] == method)
             if s["n"]:
@@ -443,37 +564,84 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
             if not both:
                 continue
             entry = {"n": len(both)}
-            for key in ("cc_mask", "rmsd_to_truth_A", "lddt_to_truth", "bond_rmsd_A", "angle_rmsd_deg",
-                        "rama_favored_pct", "rotamer_outlier_pct", "wall_s"):
-                d = [by[(c, method)][key] - by[(c, "direct")][key] for c in both
-                     if by[(c, method)].get(key) is not None and by[(c, "direct")].get(key) is not None]
+            for key in (
+                "cc_mask",
+                "rmsd_to_truth_A",
+                "lddt_to_truth",
+                "bond_rmsd_A",
+                "angle_rmsd_deg",
+                "rama_favored_pct",
+                "rotamer_outlier_pct",
+                "wall_s",
+            ):
+                d = [
+                    by[(c, method)][key] - by[(c, "direct")][key]
+                    for c in both
+                    if by[(c, method)].get(key) is not None and by[(c, "direct")].get(key) is not None
+                ]
                 entry[f"mean_{key}_minus_direct"] = float(np.mean(d)) if d else None
-            entry["cc_mask_wins_over_direct"] = sum(by[(c, method)]["cc_mask"] > by[(c, "direct")]["cc_mask"] for c in both)
+            entry["cc_mask_wins_over_direct"] = sum(
+                by[(c, method)]["cc_mask"] > by[(c, "direct")]["cc_mask"] for c in both
+            )
             paired[f"{kind}/{method}_vs_direct"] = entry
     # "CC_mask at least servalcat's at equal or better geometry": for each servalcat row, our best
     # CC_mask among the rows of this case (any optimiser or weight variant) whose geometry is at
     # least as good on every measure.
-    geometry = (("bond_rmsd_A", 1), ("angle_rmsd_deg", 1), ("rama_favored_pct", -1), ("rama_outlier_pct", 1),
-                ("rotamer_outlier_pct", 1), ("cbeta_deviations", 1), ("clashscore", 1))
+    geometry = (
+        ("bond_rmsd_A", 1),
+        ("angle_rmsd_deg", 1),
+        ("rama_favored_pct", -1),
+        ("rama_outlier_pct", 1),
+        ("rotamer_outlier_pct", 1),
+        ("cbeta_deviations", 1),
+        ("clashscore", 1),
+    )
     at_equal_geometry = []
     for peer in [r for r in rows if r["method"].startswith("servalcat") and r["kind"] == "real"]:
-        ours = [r for r in rows if r["case"] == peer["case"] and r["method"].partition("@")[0] in ("direct", "diffusion")
-                and all(r.get(k) is not None and peer.get(k) is not None and sign * (r[k] - peer[k]) <= 0
-                        for k, sign in geometry)]
+        ours = [
+            r
+            for r in rows
+            if r["case"] == peer["case"]
+            and r["method"].partition("@")[0] in ("direct", "diffusion")
+            and all(
+                r.get(k) is not None and peer.get(k) is not None and sign * (r[k] - peer[k]) <= 0
+                for k, sign in geometry
+            )
+        ]
         best = max(ours, key=lambda r: r["cc_mask"], default=None)
-        at_equal_geometry.append({"case": peer["case"], "peer": peer["method"], "peer_cc_mask": peer["cc_mask"],
-                                  "ours": best["method"] if best else None,
-                                  "ours_cc_mask": best["cc_mask"] if best else None,
-                                  "ours_at_least_peer": bool(best and best["cc_mask"] >= peer["cc_mask"])})
+        at_equal_geometry.append(
+            {
+                "case": peer["case"],
+                "peer": peer["method"],
+                "peer_cc_mask": peer["cc_mask"],
+                "ours": best["method"] if best else None,
+                "ours_cc_mask": best["cc_mask"] if best else None,
+                "ours_at_least_peer": bool(best and best["cc_mask"] >= peer["cc_mask"]),
+            }
+        )
     doc = {
         "benchmark": "refine",
         "machine": machine(),
-        "settings": {"methods": args.methods, "cases": args.cases, "corpus": args.corpus, "split_from": args.split_from,
-                     "sim_chains": args.sim_chains, "sim_peer_chains": args.sim_peer_chains,
-                     "sim_resolutions_A": SIM_RESOLUTIONS_A, "direct_config": _config_dict()},
-        "targets": {"mean_cc_mask_gain_af3_cases": 0.15, "rama_favored_pct_min": 98.0, "rama_outlier_pct_max": 0.2,
-                    "rotamer_outlier_pct_max": 1.0, "angle_rmsd_deg_max": 1.0, "bond_rmsd_A_max": 0.01,
-                    "cbeta_deviations_max": 0, "4uft_wall_s_max": 300},
+        "settings": {
+            "methods": args.methods,
+            "cases": args.cases,
+            "corpus": args.corpus,
+            "split_from": args.split_from,
+            "sim_chains": args.sim_chains,
+            "sim_peer_chains": args.sim_peer_chains,
+            "sim_resolutions_A": SIM_RESOLUTIONS_A,
+            "direct_config": _config_dict(),
+        },
+        "targets": {
+            "mean_cc_mask_gain_af3_cases": 0.15,
+            "rama_favored_pct_min": 98.0,
+            "rama_outlier_pct_max": 0.2,
+            "rotamer_outlier_pct_max": 1.0,
+            "angle_rmsd_deg_max": 1.0,
+            "bond_rmsd_A_max": 0.01,
+            "cbeta_deviations_max": 0,
+            "4uft_wall_s_max": 300,
+        },
         "af3_cc_mask_gain": gains,
         "summary": summary,
         "paired_with_direct": paired,

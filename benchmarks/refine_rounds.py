@@ -29,10 +29,15 @@ RESULTS = bench.ROOT / "benchmarks" / "results" / "refine_rounds_cpu.json"
 
 def ca_error_A(model, truth) -> float:
     """Mean Cα distance (Å) between ``model`` and ``truth``, matched by chain, residue number."""
+
     def cas(st):
         a = st.atoms()
-        return {(a.chain_ids[a.chain_index[i]], int(a.residue_numbers[a.residue_index[i]])): a.coords[i]
-                for i in range(a.n_atoms) if a.atom_names[i] == "CA"}
+        return {
+            (a.chain_ids[a.chain_index[i]], int(a.residue_numbers[a.residue_index[i]])): a.coords[i]
+            for i in range(a.n_atoms)
+            if a.atom_names[i] == "CA"
+        }
+
     m, t = cas(model), cas(truth)
     keys = [k for k in m if k in t]
     return float(np.mean([np.linalg.norm(m[k] - t[k]) for k in keys]))
@@ -66,27 +71,43 @@ def main() -> None:
         info = bench.prepare(case, work)
         truth, density = read_structure(info["truth"]), read_map(info["map"])
         model = read_structure(info["model"])
-        row = {"case": case, "n_residues": info["n_residues"], "start_ca_error_A": ca_error_A(model, truth), "rounds": []}
+        row = {
+            "case": case,
+            "n_residues": info["n_residues"],
+            "start_ca_error_A": ca_error_A(model, truth),
+            "rounds": [],
+        }
         for k in range(args.rounds):
             t0 = time.perf_counter()
             model, result = refine(model, density, info["resolution_A"], RefineConfig(**base), LossWeights())
-            row["rounds"].append({"ca_error_A": ca_error_A(model, truth), "loss": result.history[result.best_recycle].loss,
-                                  "wall_s": time.perf_counter() - t0})
+            row["rounds"].append(
+                {
+                    "ca_error_A": ca_error_A(model, truth),
+                    "loss": result.history[result.best_recycle].loss,
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
             if k == 0:
                 first = model
             print(f"{case} round {k + 1}: Cα error {row['rounds'][-1]['ca_error_A']:.2f} Å", flush=True)
-        again, _ = refine(first, density, info["resolution_A"],
-                          RefineConfig(**base, coarse_recycles=0, rigid_steps=0), LossWeights())
+        again, _ = refine(
+            first, density, info["resolution_A"], RefineConfig(**base, coarse_recycles=0, rigid_steps=0), LossWeights()
+        )
         row["round2_per_atom_stage_only_ca_error_A"] = ca_error_A(again, truth)
         out.append(row)
-    doc = {"benchmark": "refine_rounds", "machine": bench.machine(),
-           "settings": {"resolution_A": args.resolution, "rounds": args.rounds, "config": base},
-           "mean_ca_error_A_by_round": [float(np.mean([r["rounds"][k]["ca_error_A"] for r in out]))
-                                         for k in range(args.rounds)],
-           "mean_start_ca_error_A": float(np.mean([r["start_ca_error_A"] for r in out])),
-           "mean_round2_per_atom_stage_only_ca_error_A": float(np.mean([r["round2_per_atom_stage_only_ca_error_A"]
-                                                                         for r in out])),
-           "rows": out}
+    doc = {
+        "benchmark": "refine_rounds",
+        "machine": bench.machine(),
+        "settings": {"resolution_A": args.resolution, "rounds": args.rounds, "config": base},
+        "mean_ca_error_A_by_round": [
+            float(np.mean([r["rounds"][k]["ca_error_A"] for r in out])) for k in range(args.rounds)
+        ],
+        "mean_start_ca_error_A": float(np.mean([r["start_ca_error_A"] for r in out])),
+        "mean_round2_per_atom_stage_only_ca_error_A": float(
+            np.mean([r["round2_per_atom_stage_only_ca_error_A"] for r in out])
+        ),
+        "rows": out,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))

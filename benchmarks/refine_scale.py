@@ -61,11 +61,13 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly random rotation matrix (3, 3), from a random unit quaternion."""
     q = rng.normal(size=4)
     w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def build_assembly(n_copies: int, seed: int):
@@ -94,7 +96,9 @@ def build_assembly(n_copies: int, seed: int):
     for k in range(n_copies):
         # Each copy's bounding-box centre sits at its cell centre, so boxes are GAP_A apart.
         p = placed[k]
-        shift = np.array([(k % nx + 0.5) * cell[0], (k // nx + 0.5) * cell[1], 0.5 * cell[2]]) - (p.min(0) + p.max(0)) / 2
+        shift = (
+            np.array([(k % nx + 0.5) * cell[0], (k // nx + 0.5) * cell[1], 0.5 * cell[2]]) - (p.min(0) + p.max(0)) / 2
+        )
         tr = gemmi.Transform(gemmi.Mat33(rots[k].tolist()), gemmi.Vec3(*(shift - rots[k] @ centre)))
         for ch in src[0]:
             new = ch.clone()
@@ -121,9 +125,17 @@ def build_assembly(n_copies: int, seed: int):
         min_d = None
     if min_d is not None and min_d < MIN_CONTACT_A:
         raise RuntimeError(f"copies clash: closest heavy atoms of two copies {min_d:.2f} Å apart")
-    facts = {"source_model": SOURCE_MODEL, "copies": n_copies, "grid_cells_xy": [nx, ny], "cell_A": cell.tolist(),
-             "chains": len(arr.chain_ids), "residues": len(arr.residue_names), "atoms": arr.n_atoms,
-             "inter_copy_heavy_atom_pairs_within_6A": int(len(inter)), "closest_inter_copy_heavy_atoms_A": min_d}
+    facts = {
+        "source_model": SOURCE_MODEL,
+        "copies": n_copies,
+        "grid_cells_xy": [nx, ny],
+        "cell_A": cell.tolist(),
+        "chains": len(arr.chain_ids),
+        "residues": len(arr.residue_names),
+        "atoms": arr.n_atoms,
+        "inter_copy_heavy_atom_pairs_within_6A": int(len(inter)),
+        "closest_inter_copy_heavy_atoms_A": min_d,
+    }
     return structure, copy_of_atom, facts
 
 
@@ -140,8 +152,10 @@ def prepare(work: Path, n_copies: int, resolution_A: float, seed: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     truth, copy_of_atom, facts = build_assembly(n_copies, seed)
-    log(f"assembly: {facts['copies']} copies, {facts['chains']} chains, {facts['residues']} residues, "
-        f"{facts['atoms']} atoms; closest inter-copy heavy atoms {facts['closest_inter_copy_heavy_atoms_A']} Å")
+    log(
+        f"assembly: {facts['copies']} copies, {facts['chains']} chains, {facts['residues']} residues, "
+        f"{facts['atoms']} atoms; closest inter-copy heavy atoms {facts['closest_inter_copy_heavy_atoms_A']} Å"
+    )
     arr = truth.atoms()
     grid = grid_around_atoms(arr.coords, 1.0, margin_A=10.0)
     log(f"simulating the map at {resolution_A} Å on {grid.shape} voxels")
@@ -149,7 +163,9 @@ def prepare(work: Path, n_copies: int, resolution_A: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     signal = data[data > 0.05 * data.max()].std()
     data = data + rng.normal(0, signal / 3.0, data.shape).astype(np.float32)
-    write_map(DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin), work / "map.mrc")
+    write_map(
+        DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin), work / "map.mrc"
+    )
     del data
     # Start: 0.3 Å noise per axis plus one rigid shift of 2–4 Å per copy.
     x = arr.coords.astype(np.float64) + rng.normal(0, 0.3, arr.coords.shape)
@@ -162,11 +178,20 @@ def prepare(work: Path, n_copies: int, resolution_A: float, seed: int) -> dict:
     truth.write(work / "truth.cif")
     truth.with_coordinates(x).write(work / "start.cif")
     np.save(work / "copy_of_atom.npy", copy_of_atom)
-    info = {**facts, "seed": seed, "resolution_A": resolution_A, "map_shape_zyx": list(grid.shape), "voxel_size_A": 1.0,
-            "map_noise": "Gaussian, sigma = std of voxels above 5 % of the peak / 3",
-            "perturbation": "0.3 A Gaussian noise per axis + rigid shift 2-4 A per copy (random direction)",
-            "copy_shifts_A": shifts, "prepare_s": time.perf_counter() - t0,
-            "truth": str(work / "truth.cif"), "start": str(work / "start.cif"), "map": str(work / "map.mrc")}
+    info = {
+        **facts,
+        "seed": seed,
+        "resolution_A": resolution_A,
+        "map_shape_zyx": list(grid.shape),
+        "voxel_size_A": 1.0,
+        "map_noise": "Gaussian, sigma = std of voxels above 5 % of the peak / 3",
+        "perturbation": "0.3 A Gaussian noise per axis + rigid shift 2-4 A per copy (random direction)",
+        "copy_shifts_A": shifts,
+        "prepare_s": time.perf_counter() - t0,
+        "truth": str(work / "truth.cif"),
+        "start": str(work / "start.cif"),
+        "map": str(work / "map.mrc"),
+    }
     meta.write_text(json.dumps(info, indent=2))
     return info
 
@@ -206,9 +231,14 @@ def child(work: Path) -> None:
 
         def timed(objective, config, progress):
             t_call = time.perf_counter()
-            rec = {"setup_s": t_call - last_end[0], "atoms": objective.n_atoms,
-                   "movable_atoms": int(objective.movable.sum()), "box_zyx": list(objective.box.shape),
-                   "mask_voxels": int(objective.mask.sum()), "seam_pass": objective.n_atoms == n_full}
+            rec = {
+                "setup_s": t_call - last_end[0],
+                "atoms": objective.n_atoms,
+                "movable_atoms": int(objective.movable.sum()),
+                "box_zyx": list(objective.box.shape),
+                "mask_voxels": int(objective.mask.sum()),
+                "seam_pass": objective.n_atoms == n_full,
+            }
             rec.update(probe(objective))
             if rec["seam_pass"]:
                 np.save(work / "merged_before_seam_pass.npy", objective.init_coords.cpu().numpy())
@@ -218,10 +248,12 @@ def child(work: Path) -> None:
             rec["recycles"] = len(res.history) - 1
             rec["cc_start"], rec["cc_end"] = res.history[0].cc, res.history[-1].cc
             calls.append(rec)
-            log(f"crop call {len(calls)}: {rec['atoms']} atoms ({rec['movable_atoms']} movable), box {rec['box_zyx']}, "
+            log(
+                f"crop call {len(calls)}: {rec['atoms']} atoms ({rec['movable_atoms']} movable), box {rec['box_zyx']}, "
                 f"set-up {rec['setup_s']:.1f} s, optimise {rec['optimise_s']:.1f} s, {rec['recycles']} recycles, "
                 f"step density {rec['density_step_s']:.2f} s / full {rec['full_step_s']:.2f} s, "
-                f"CC {rec['cc_start']:.3f} -> {rec['cc_end']:.3f}, RSS {_rss_MiB():.0f} MiB")
+                f"CC {rec['cc_start']:.3f} -> {rec['cc_end']:.3f}, RSS {_rss_MiB():.0f} MiB"
+            )
             last_end[0] = time.perf_counter()
             return res
 
@@ -230,8 +262,11 @@ def child(work: Path) -> None:
     run.get_optimizer = get_optimizer
 
     def progress(recycle, loss, terms, cc, crop=None):
-        log(f"  crop {crop[0]}/{crop[1]} recycle {recycle}: loss {loss:.3f} CC {cc:.3f}" if crop else
-            f"  recycle {recycle}: loss {loss:.3f} CC {cc:.3f}")
+        log(
+            f"  crop {crop[0]}/{crop[1]} recycle {recycle}: loss {loss:.3f} CC {cc:.3f}"
+            if crop
+            else f"  recycle {recycle}: loss {loss:.3f} CC {cc:.3f}"
+        )
 
     config = RefineConfig(method="direct")
     if os.environ.get("REFINE_SCALE_QUICK"):  # smoke test of this script only, never for results
@@ -242,9 +277,17 @@ def child(work: Path) -> None:
     t0 = time.perf_counter()
     refined.write(work / "refined.cif")
     t_write = time.perf_counter() - t0
-    out = {"read_s": t_read, "refine_s": t_refine, "write_s": t_write, "crops": result.crops,
-           "history_len": len(result.history), "calls": calls, "torch_threads": torch.get_num_threads(),
-           "config": dict(config.__dict__), "residues_per_crop": run.RESIDUES_PER_CROP}
+    out = {
+        "read_s": t_read,
+        "refine_s": t_refine,
+        "write_s": t_write,
+        "crops": result.crops,
+        "history_len": len(result.history),
+        "calls": calls,
+        "torch_threads": torch.get_num_threads(),
+        "config": dict(config.__dict__),
+        "residues_per_crop": run.RESIDUES_PER_CROP,
+    }
     (work / "child.json").write_text(json.dumps(out, indent=2))
 
 
@@ -269,9 +312,13 @@ def bond_stats(coords: np.ndarray, bonds: np.ndarray, ideal: np.ndarray, sel: np
     d = np.linalg.norm(coords[bonds[sel, 0]] - coords[bonds[sel, 1]], axis=1) - ideal[sel]
     if d.size == 0:
         return {"n": 0}
-    return {"n": int(d.size), "rmsd_A": float(np.sqrt(np.mean(d * d))), "max_abs_dev_A": float(np.abs(d).max()),
-            f"n_off_gt_{BOND_OFF_A}_A": int((np.abs(d) > BOND_OFF_A).sum()),
-            f"frac_off_gt_{BOND_OFF_A}_A": float((np.abs(d) > BOND_OFF_A).mean())}
+    return {
+        "n": int(d.size),
+        "rmsd_A": float(np.sqrt(np.mean(d * d))),
+        "max_abs_dev_A": float(np.abs(d).max()),
+        f"n_off_gt_{BOND_OFF_A}_A": int((np.abs(d) > BOND_OFF_A).sum()),
+        f"frac_off_gt_{BOND_OFF_A}_A": float((np.abs(d) > BOND_OFF_A).mean()),
+    }
 
 
 def angle_dev_deg(coords: np.ndarray, angles: np.ndarray, ideal_rad: np.ndarray, sel: np.ndarray) -> dict:
@@ -279,8 +326,11 @@ def angle_dev_deg(coords: np.ndarray, angles: np.ndarray, ideal_rad: np.ndarray,
     u, v = a - b, c - b
     cos = (u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
     d = np.degrees(np.arccos(np.clip(cos, -1, 1)) - ideal_rad[sel])
-    return {"n": int(d.size), "rmsd_deg": float(np.sqrt(np.mean(d * d))) if d.size else None,
-            "max_abs_dev_deg": float(np.abs(d).max()) if d.size else None}
+    return {
+        "n": int(d.size),
+        "rmsd_deg": float(np.sqrt(np.mean(d * d))) if d.size else None,
+        "max_abs_dev_deg": float(np.abs(d).max()) if d.size else None,
+    }
 
 
 def measure(work: Path, info: dict) -> dict:
@@ -304,11 +354,17 @@ def measure(work: Path, info: dict) -> dict:
 
     # Output file keeps chains, numbering, names and every atom.
     def residues(a):
-        return [(a.chain_ids[a.residue_chain[i]], int(a.residue_numbers[i]), a.insertion_codes[i], a.residue_names[i])
-                for i in range(len(a.residue_names))]
+        return [
+            (a.chain_ids[a.residue_chain[i]], int(a.residue_numbers[i]), a.insertion_codes[i], a.residue_names[i])
+            for i in range(len(a.residue_names))
+        ]
 
-    output_check = {"chain_ids_kept": ra.chain_ids == sa.chain_ids, "residue_ids_kept": residues(ra) == residues(sa),
-                    "atom_names_kept": ra.atom_names == sa.atom_names, "atoms": [sa.n_atoms, ra.n_atoms]}
+    output_check = {
+        "chain_ids_kept": ra.chain_ids == sa.chain_ids,
+        "residue_ids_kept": residues(ra) == residues(sa),
+        "atom_names_kept": ra.atom_names == sa.atom_names,
+        "atoms": [sa.n_atoms, ra.n_atoms],
+    }
     log(f"output check: {output_check}")
 
     log("building restraints of the whole model")
@@ -328,34 +384,44 @@ def measure(work: Path, info: dict) -> dict:
     near = seam_res | np.roll(seam_res, 1) | np.roll(seam_res, -1)
     bond_interior = ~bond_seam & ~near[sa.residue_index[bonds[:, 0]]]
     crop_sizes = [int(len(r)) for _, r in crops]
-    seams = {"crops": len(crops), "crop_residues_min_mean_max": [min(crop_sizes), float(np.mean(crop_sizes)), max(crop_sizes)],
-             "core_residues_min_max": [int(np.bincount(core[core >= 0]).min()), int(np.bincount(core[core >= 0]).max())],
-             "seam_bonds": int(bond_seam.sum()), "interior_bonds": int(bond_interior.sum()),
-             "definition": "seam: bond between residues of two different crop cores; interior: both atoms in one core "
-                           "and not in or next to a residue with a seam bond"}
+    seams = {
+        "crops": len(crops),
+        "crop_residues_min_mean_max": [min(crop_sizes), float(np.mean(crop_sizes)), max(crop_sizes)],
+        "core_residues_min_max": [int(np.bincount(core[core >= 0]).min()), int(np.bincount(core[core >= 0]).max())],
+        "seam_bonds": int(bond_seam.sum()),
+        "interior_bonds": int(bond_interior.sum()),
+        "definition": "seam: bond between residues of two different crop cores; interior: both atoms in one core "
+        "and not in or next to a residue with a seam bond",
+    }
     out = {"output_check": output_check, "restraints_s": t_restraints, "seams": seams, "models": {}}
     for name, xyz in [("truth", truth_xyz)] + list(models.items()):
-        m = {"all_bonds": bond_stats(xyz, bonds, bond_ideal, np.ones(len(bonds), bool)),
-             "seam_bonds": bond_stats(xyz, bonds, bond_ideal, bond_seam),
-             "interior_bonds": bond_stats(xyz, bonds, bond_ideal, bond_interior),
-             "all_angles": angle_dev_deg(xyz, angles, angle_ideal, np.ones(len(angles), bool)),
-             "seam_angles": angle_dev_deg(xyz, angles, angle_ideal, angle_seam)}
+        m = {
+            "all_bonds": bond_stats(xyz, bonds, bond_ideal, np.ones(len(bonds), bool)),
+            "seam_bonds": bond_stats(xyz, bonds, bond_ideal, bond_seam),
+            "interior_bonds": bond_stats(xyz, bonds, bond_ideal, bond_interior),
+            "all_angles": angle_dev_deg(xyz, angles, angle_ideal, np.ones(len(angles), bool)),
+            "seam_angles": angle_dev_deg(xyz, angles, angle_ideal, angle_seam),
+        }
         if name != "truth":
             d2 = ((xyz - truth_xyz) ** 2).sum(1)
             ca = np.array([n == "CA" for n in ta.atom_names])
             m["rmsd_to_truth_A"] = float(np.sqrt(d2.mean()))
             m["ca_rmsd_to_truth_A"] = float(np.sqrt(d2[ca].mean()))
             copy_of_atom = np.load(work / "copy_of_atom.npy")
-            m["rmsd_to_truth_per_copy_A"] = [float(np.sqrt(d2[copy_of_atom == k].mean())) for k in range(info["copies"])]
+            m["rmsd_to_truth_per_copy_A"] = [
+                float(np.sqrt(d2[copy_of_atom == k].mean())) for k in range(info["copies"])
+            ]
             near_atoms = near[sa.residue_index]
             m["rmsd_to_truth_near_seam_A"] = float(np.sqrt(d2[near_atoms].mean()))
             m["rmsd_to_truth_away_from_seam_A"] = float(np.sqrt(d2[~near_atoms].mean()))
         log(f"CC_mask of {name}")
         m["cc_mask"] = cc_mask(xyz, truth, dmap, res)
         out["models"][name] = m
-        log(f"{name}: CC_mask {m['cc_mask']:.4f}, bond RMSD {m['all_bonds']['rmsd_A']:.4f} Å, "
+        log(
+            f"{name}: CC_mask {m['cc_mask']:.4f}, bond RMSD {m['all_bonds']['rmsd_A']:.4f} Å, "
             f"angle RMSD {m['all_angles']['rmsd_deg']:.2f}°, seam bonds max |dev| "
-            f"{m['seam_bonds'].get('max_abs_dev_A', float('nan')):.3f} Å, RMSD to truth {m.get('rmsd_to_truth_A', 0):.3f} Å")
+            f"{m['seam_bonds'].get('max_abs_dev_A', float('nan')):.3f} Å, RMSD to truth {m.get('rmsd_to_truth_A', 0):.3f} Å"
+        )
     return out
 
 
@@ -365,13 +431,18 @@ def machine(commit_dir: Path) -> dict:
     def git(*a):
         return subprocess.run(["git", *a], cwd=commit_dir, capture_output=True, text=True).stdout.strip()
 
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git("rev-parse", "HEAD"),
-            "refine_code_modified_since_commit": bool(git("status", "--porcelain", "src/cryostack")),
-            "threads": "refinement process: torch.set_num_threads(1) and OMP_NUM_THREADS=1 (2-core machine shared "
-                       "with a long background job and other engineers)"}
+    return {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "refine_code_modified_since_commit": bool(git("status", "--porcelain", "src/cryostack")),
+        "threads": "refinement process: torch.set_num_threads(1) and OMP_NUM_THREADS=1 (2-core machine shared "
+        "with a long background job and other engineers)",
+    }
 
 
 def main() -> None:
@@ -409,25 +480,42 @@ def main() -> None:
             pass
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    doc = {"benchmark": "refine_scale" + (" (quick smoke test, not a result)" if args.quick else ""), "machine": machine(ROOT), "case": info,
-           "load_average_1min_during_refinement": {"start": load_start[0], "min": min(loads, default=None),
-                                                    "mean": float(np.mean(loads)) if loads else None,
-                                                    "max": max(loads, default=None), "samples_every_s": 30},
-           "refinement_process": {"exit_code": p.returncode, "wall_s": wall, "cpu_user_s": ru.ru_utime,
-                                  "cpu_system_s": ru.ru_stime, "peak_rss_MiB": ru.ru_maxrss / 1024.0}}
+    doc = {
+        "benchmark": "refine_scale" + (" (quick smoke test, not a result)" if args.quick else ""),
+        "machine": machine(ROOT),
+        "case": info,
+        "load_average_1min_during_refinement": {
+            "start": load_start[0],
+            "min": min(loads, default=None),
+            "mean": float(np.mean(loads)) if loads else None,
+            "max": max(loads, default=None),
+            "samples_every_s": 30,
+        },
+        "refinement_process": {
+            "exit_code": p.returncode,
+            "wall_s": wall,
+            "cpu_user_s": ru.ru_utime,
+            "cpu_system_s": ru.ru_stime,
+            "peak_rss_MiB": ru.ru_maxrss / 1024.0,
+        },
+    }
     if p.returncode == 0:
         ch = json.loads((work / "child.json").read_text())
         calls = ch.pop("calls")
         crops = [c for c in calls if not c["seam_pass"]]
         seam = [c for c in calls if c["seam_pass"]]
         ch["time_split_s"] = {
-            "read_inputs": ch["read_s"], "crop_setup_total": sum(c["setup_s"] for c in crops),
+            "read_inputs": ch["read_s"],
+            "crop_setup_total": sum(c["setup_s"] for c in crops),
             "crop_optimise_total": sum(c["optimise_s"] for c in crops),
-            "seam_pass_setup": sum(c["setup_s"] for c in seam), "seam_pass_optimise": sum(c["optimise_s"] for c in seam),
-            "step_probes_total": sum(c["probe_s"] for c in calls), "write_output": ch["write_s"],
+            "seam_pass_setup": sum(c["setup_s"] for c in seam),
+            "seam_pass_optimise": sum(c["optimise_s"] for c in seam),
+            "step_probes_total": sum(c["probe_s"] for c in calls),
+            "write_output": ch["write_s"],
             "note": "setup_s: from the previous optimiser call's end (or the start of refine for the first) to this "
-                    "one's start: input checks, crop assignment, sub-structure, RefinementObjective (restraints, "
-                    "priors, clash term, map box and mask); probes are extra steps outside the optimiser"}
+            "one's start: input checks, crop assignment, sub-structure, RefinementObjective (restraints, "
+            "priors, clash term, map box and mask); probes are extra steps outside the optimiser",
+        }
         ch["per_call"] = calls
         doc["refinement"] = ch
         log("measuring")

@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
+from cryostack.chem.residues import main_chain_mask
 from cryostack.data import degradations as dg
 from cryostack.data.datasets import SimulatedMapDataset, StructureListSource
 from cryostack.data.synthetic import SimulationConfig, item_seed, simulate_item
 from cryostack.density.fourier import frequency_squared
+from cryostack.density.fsc import fsc_curve, fsc_resolution
 from cryostack.density.simulate import simulate_density
-from cryostack.io.maps import DensityMap, GridSpec, read_map
+from cryostack.io.maps import GridSpec, read_map
 from cryostack.io.models import read_structure
-from cryostack.validate.mapfit import fsc_curve, fsc_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "maps"
@@ -63,9 +64,16 @@ def _machine() -> dict:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0]}
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "load_avg_1min": os.getloadavg()[0],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,11 +117,17 @@ def solvent_spectrum(path: Path) -> dict:
         b_noise = float(-2.0 * slope)
     after = lambda ds: float(np.interp(s[i_roll - 1] + ds, s, p_solv) / p_solv[i_roll - 1])  # noqa: E731
     return {
-        "shape_xyz": list(m.shape[::-1]), "voxel_size_A": list(vox), "solvent_fraction": float(solvent.mean()),
-        "s_per_A": s.tolist(), "solvent_power": p_solv.tolist(), "map_power": p_map.tolist(),
-        "rolloff_A": 1.0 / s_roll, "noise_bfactor_A2_fit": b_noise,
+        "shape_xyz": list(m.shape[::-1]),
+        "voxel_size_A": list(vox),
+        "solvent_fraction": float(solvent.mean()),
+        "s_per_A": s.tolist(),
+        "solvent_power": p_solv.tolist(),
+        "map_power": p_map.tolist(),
+        "rolloff_A": 1.0 / s_roll,
+        "noise_bfactor_A2_fit": b_noise,
         "band_fit_A": [10.0, float(1.0 / s[i_roll - 1])],
-        "power_ratio_0.025_past_rolloff": after(0.025), "power_ratio_0.05_past_rolloff": after(0.05),
+        "power_ratio_0.025_past_rolloff": after(0.025),
+        "power_ratio_0.05_past_rolloff": after(0.05),
         "floor_power_ratio": float(p_solv[-1] / p_solv[i_max]),
     }
 
@@ -132,23 +146,44 @@ def fsc_accuracy(resolutions, n_seeds: int, box: int = 64, voxel_A: float = 1.0)
         for d in resolutions:
             for seed in range(n_seeds):
                 rng = np.random.default_rng([seed, int(d * 10)])
-                b = dg.perturb_bfactors(atoms.residue_index[heavy], atoms.is_backbone[heavy], rng,
-                                        global_b_A2=rng.uniform(*defaults.global_b_A2))
+                b = dg.perturb_bfactors(
+                    atoms.residue_index[heavy],
+                    main_chain_mask(atoms)[heavy],
+                    rng,
+                    global_b_A2=rng.uniform(*defaults.global_b_A2),
+                )
                 with torch.no_grad():
-                    sig = simulate_density(torch.as_tensor(c), torch.as_tensor(atoms.atomic_numbers[heavy]), grid,
-                                           resolution_A=d, b_factors=torch.as_tensor(b)).numpy()
+                    sig = simulate_density(
+                        torch.as_tensor(c),
+                        torch.as_tensor(atoms.atomic_numbers[heavy]),
+                        grid,
+                        resolution_A=d,
+                        b_factors=torch.as_tensor(b),
+                    ).numpy()
                 nb = float(rng.uniform(*defaults.noise_bfactor_A2))
                 h1, _ = dg.add_resolution_noise(sig, voxel_A, d, rng, noise_bfactor_A2=nb)
                 h2, _ = dg.add_resolution_noise(sig, voxel_A, d, rng, noise_bfactor_A2=nb)
                 freq, fsc = fsc_curve(h1, h2, (voxel_A,) * 3)
-                rows.append({"structure": path.name, "resolution_A": d, "seed": seed, "noise_bfactor_A2": nb,
-                             "fsc_0143_A": fsc_resolution(freq, fsc, 0.143),
-                             "freq": freq.tolist(), "fsc": fsc.tolist()})
+                rows.append(
+                    {
+                        "structure": path.name,
+                        "resolution_A": d,
+                        "seed": seed,
+                        "noise_bfactor_A2": nb,
+                        "fsc_0143_A": fsc_resolution(freq, fsc, 0.143),
+                        "freq": freq.tolist(),
+                        "fsc": fsc.tolist(),
+                    }
+                )
     summary = {}
     for d in resolutions:
         r = np.array([row["fsc_0143_A"] / d for row in rows if row["resolution_A"] == d])
-        summary[str(d)] = {"n": int(r.size), "mean_ratio": float(r.mean()), "sd_ratio": float(r.std()),
-                           "max_abs_rel_error": float(np.abs(r - 1).max())}
+        summary[str(d)] = {
+            "n": int(r.size),
+            "mean_ratio": float(r.mean()),
+            "sd_ratio": float(r.std()),
+            "max_abs_rel_error": float(np.abs(r - 1).max()),
+        }
     return {"box_voxels": box, "voxel_size_A": voxel_A, "per_resolution": summary, "rows": rows}
 
 
@@ -167,11 +202,18 @@ def speed(n_items: int) -> list[dict]:
             ds.arrays(i)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-        out.append({"crop_voxels": cfg.crop_voxels, "voxel_size_A": cfg.voxel_size_A,
-                    "resolution_A": list(cfg.resolution_A), "items": len(times),
-                    "median_s_per_item": float(np.median(times)), "max_s_per_item": float(np.max(times)),
-                    "median_cpu_s_per_item": float(np.median(cpu)),  # all threads of this process
-                    "load_avg_1min_after": os.getloadavg()[0]})
+        out.append(
+            {
+                "crop_voxels": cfg.crop_voxels,
+                "voxel_size_A": cfg.voxel_size_A,
+                "resolution_A": list(cfg.resolution_A),
+                "items": len(times),
+                "median_s_per_item": float(np.median(times)),
+                "max_s_per_item": float(np.max(times)),
+                "median_cpu_s_per_item": float(np.median(cpu)),  # all threads of this process
+                "load_avg_1min_after": os.getloadavg()[0],
+            }
+        )
     return out
 
 
@@ -241,16 +283,36 @@ def figure_examples(path: Path) -> None:
     import matplotlib.pyplot as plt
 
     atoms = read_structure(STRUCTURES[0]).atoms()
-    base = dict(crop_voxels=64, voxel_size_A=1.0, random_rotation=False, postprocess_prob=0.0,
-                local_resolution_prob=0.0, missing_density_prob=0.0, ligand_prob=0.0, micelle_prob=0.0,
-                blob_prob=0.0, soft_mask_prob=0.0, hard_mask_prob=0.0, box_edge_prob=0.0, resolution_A=(4.0, 4.0),
-                global_b_A2=(20.0, 20.0))
+    base = dict(
+        crop_voxels=64,
+        voxel_size_A=1.0,
+        random_rotation=False,
+        postprocess_prob=0.0,
+        local_resolution_prob=0.0,
+        missing_density_prob=0.0,
+        ligand_prob=0.0,
+        micelle_prob=0.0,
+        blob_prob=0.0,
+        soft_mask_prob=0.0,
+        hard_mask_prob=0.0,
+        box_edge_prob=0.0,
+        resolution_A=(4.0, 4.0),
+        global_b_A2=(20.0, 20.0),
+    )
     # noise_scale ≈ 0 shows the clean signal of each setting
     panels = [
         ("clean signal, 4 Å", dict(noise_scale=(1e-6, 1e-6))),
         ("+ local resolution", dict(noise_scale=(1e-6, 1e-6), local_resolution_prob=1.0, local_b_max_A2=(100, 100))),
-        ("+ missing + ligands", dict(noise_scale=(1e-6, 1e-6), missing_density_prob=1.0, ligand_prob=1.0,
-                                     missing_segments=(3, 3), n_ligands=(3, 3))),
+        (
+            "+ missing + ligands",
+            dict(
+                noise_scale=(1e-6, 1e-6),
+                missing_density_prob=1.0,
+                ligand_prob=1.0,
+                missing_segments=(3, 3),
+                n_ligands=(3, 3),
+            ),
+        ),
         ("+ micelle + blobs", dict(noise_scale=(1e-6, 1e-6), micelle_prob=1.0, blob_prob=1.0, n_blobs=(8, 8))),
         ("+ coloured noise (FSC 4 Å)", dict()),
         ("+ noise + roll-off", dict(postprocess_prob=1.0)),
@@ -273,8 +335,11 @@ def figure_examples(path: Path) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Central z-slices of 64³ crops at 1 Å/voxel. Top: one degradation at a time (1OZ7); "
-                 "middle: default-config items; bottom: their sharp targets", fontsize=10)
+    fig.suptitle(
+        "Central z-slices of 64³ crops at 1 Å/voxel. Top: one degradation at a time (1OZ7); "
+        "middle: default-config items; bottom: their sharp targets",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -285,8 +350,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer seeds and items (a smoke run)")
     args = ap.parse_args()
     t0 = time.time()
-    result = {"benchmark": "simulated_data", "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "git": _git(), "machine": _machine()}
+    result = {
+        "benchmark": "simulated_data",
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": _git(),
+        "machine": _machine(),
+    }
     if SHARED.is_dir():
         result["real_map_solvent_spectra"] = {k: solvent_spectrum(SHARED / v) for k, v in REAL_MAPS.items()}
         figure_spectra(result["real_map_solvent_spectra"], DOCS / "simulated_data_noise_spectra.png")
@@ -302,16 +371,22 @@ def main() -> None:
     out = RESULTS / ("simulated_data_quick.json" if args.quick else "simulated_data.json")
     out.write_text(json.dumps(result, indent=1))
     for k, v in result["fsc_accuracy"]["per_resolution"].items():
-        print(f"FSC 0.143 / target at {k} Å: mean {v['mean_ratio']:.3f} sd {v['sd_ratio']:.3f} "
-              f"max |err| {v['max_abs_rel_error']:.3f} (n={v['n']})")
+        print(
+            f"FSC 0.143 / target at {k} Å: mean {v['mean_ratio']:.3f} sd {v['sd_ratio']:.3f} "
+            f"max |err| {v['max_abs_rel_error']:.3f} (n={v['n']})"
+        )
     if result["real_map_solvent_spectra"]:
         for k, v in result["real_map_solvent_spectra"].items():
-            print(f"{k}: roll-off {v['rolloff_A']:.2f} Å, B_noise fit {v['noise_bfactor_A2_fit']}, "
-                  f"power ×{v['power_ratio_0.025_past_rolloff']:.3f} at +0.025/Å, ×{v['power_ratio_0.05_past_rolloff']:.3f} "
-                  f"at +0.05/Å, floor {v['floor_power_ratio']:.4f}")
+            print(
+                f"{k}: roll-off {v['rolloff_A']:.2f} Å, B_noise fit {v['noise_bfactor_A2_fit']}, "
+                f"power ×{v['power_ratio_0.025_past_rolloff']:.3f} at +0.025/Å, ×{v['power_ratio_0.05_past_rolloff']:.3f} "
+                f"at +0.05/Å, floor {v['floor_power_ratio']:.4f}"
+            )
     for v in result["speed"]:
-        print(f"speed {v['crop_voxels']}³ at {v['voxel_size_A']} Å: median {v['median_s_per_item']:.2f} s/item "
-              f"(CPU {v['median_cpu_s_per_item']:.2f} s), load {v['load_avg_1min_after']:.1f}")
+        print(
+            f"speed {v['crop_voxels']}³ at {v['voxel_size_A']} Å: median {v['median_s_per_item']:.2f} s/item "
+            f"(CPU {v['median_cpu_s_per_item']:.2f} s), load {v['load_avg_1min_after']:.1f}"
+        )
     print(f"wrote {out} in {result['total_runtime_s']:.0f} s")
 
 

@@ -15,7 +15,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gemmi
@@ -24,10 +24,10 @@ import torch
 
 from cryostack.density.simulate import simulate_density
 from cryostack.examples import SPIKE_NTD_MODEL
+from cryostack.io.atomic import jsonable as _jsonable
 from cryostack.io.maps import DensityMap, GridSpec
 from cryostack.io.models import Structure, read_structure
 from cryostack.validate import validate
-from cryostack.validate.api import _jsonable
 from cryostack.validate.report import text_table, write_plots
 from cryostack.validate.stages import Stages
 
@@ -60,8 +60,13 @@ def main() -> None:
     atoms = model.atoms()
     grid = GridSpec((300, 300, 300), (1.0, 1.0, 1.0))
     t0 = time.perf_counter()
-    m = simulate_density(torch.tensor(atoms.coords), torch.tensor(atoms.atomic_numbers), grid, resolution_A=3.5,
-                         b_factors=torch.tensor(atoms.b_factors)).numpy()
+    m = simulate_density(
+        torch.tensor(atoms.coords),
+        torch.tensor(atoms.atomic_numbers),
+        grid,
+        resolution_A=3.5,
+        b_factors=torch.tensor(atoms.b_factors),
+    ).numpy()
     m += np.random.default_rng(0).normal(0, 0.2 * m.std(), m.shape).astype(np.float32)
     t_setup = time.perf_counter() - t0
     density = DensityMap(m, grid.voxel_size, grid.origin)
@@ -82,28 +87,48 @@ def main() -> None:
     load_after = os.getloadavg()
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/cryostack/validate", "benchmarks/validate.py"],
-                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src/cryostack/validate", "benchmarks/validate.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     out = {
         "benchmark": "validate_speed",
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": datetime.now(UTC).isoformat(),
         "commit": commit,
         "validate_code_modified_since_commit": bool(dirty),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
-                                   "after": [round(x, 2) for x in load_after]},
-        "case": {"residues": len(atoms.residue_names), "atoms": atoms.n_atoms, "chains": len(atoms.chain_ids),
-                 "map_shape_zyx": list(grid.shape), "voxel_size_A": 1.0, "resolution_A": 3.5},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "load_average_1_5_15min": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in load_after],
+        },
+        "case": {
+            "residues": len(atoms.residue_names),
+            "atoms": atoms.n_atoms,
+            "chains": len(atoms.chain_ids),
+            "map_shape_zyx": list(grid.shape),
+            "voxel_size_A": 1.0,
+            "resolution_A": 3.5,
+        },
         "setup_simulation_s": round(t_setup, 2),
         "total_wall_s": round(wall, 2),
         "total_cpu_s": round(cpu, 2),
         "stages": {k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in stages.seconds.items()},
         "goal_wall_s": 60.0,
         "meets_goal": wall < 60.0,
-        "scores": {"cc_mask": d["map_model"]["cc_mask"], "cc_mc": d["map_model"]["cc_mc"],
-                   "q_score": d["map_model"]["q_score"], "fsc05_resolution_A": d["map_model"]["fsc05_resolution"],
-                   "clashscore": d["geometry"]["clashscore"]},
+        "scores": {
+            "cc_mask": d["map_model"]["cc_mask"],
+            "cc_mc": d["map_model"]["cc_mc"],
+            "q_score": d["map_model"]["q_score"],
+            "fsc05_resolution_A": d["map_model"]["fsc05_resolution"],
+            "clashscore": d["geometry"]["clashscore"],
+        },
     }
     path = ROOT / "benchmarks" / "results" / "validate_speed.json"
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -7,7 +7,7 @@ table over (phi, psi) in degrees, bounds -180..180, 180 bins per axis (2 degrees
 every data line is ``phi_centre psi_centre value`` with bin centres at odd degrees
 (-179, -177, ..., 179). Cells that a file does not list are zero.
 
-Output: ``src/cryostack/validate/data/rama/top8000_rama.npz`` holding one ``(180, 180)``
+Output: ``src/cryostack/chem/data/rama/top8000_rama.npz`` holding one ``(180, 180)``
 float64 array per category (``[phi_bin, psi_bin]``, bin ``k`` centred at ``-179 + 2 k``
 degrees) plus the LICENSE copied beside it. Values are kept at full precision.
 
@@ -41,7 +41,7 @@ FIRST_CENTRE_DEG = -179.0
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "top8000" / "rama"
-DEFAULT_OUTPUT = REPO / "src" / "cryostack" / "validate" / "data" / "rama"
+DEFAULT_OUTPUT = REPO / "src" / "cryostack" / "chem" / "data" / "rama"
 
 
 def check_header(lines: list[str], path: Path) -> None:

@@ -10,12 +10,12 @@ Source: the Richardson lab's Top8000 reference data (Duke University, CC-BY 4.0)
   are stored with ``N``.
 * ``rotamer_srcdata/``: the filtered Top8000 residues of Arg (``rota8000-arg-1{m,p,t}.csv``,
   together the whole set) and Lys (``rota8000-lys.csv``). Their 4-chi grids are built here with
-  :func:`cryostack.validate.rotamers.percentile_ranks` and MolProbity's recorded Silk settings:
+  :func:`cryostack.chem.rotamers.percentile_ranks` and MolProbity's recorded Silk settings:
   10° cells over 0–360° in chi1..chi4 (36^4 cells, wrapping), cosine kernel of half-width 5°,
   second (adaptive) pass with half-width 7° and lambda 0.5, converted to percentiles.
 * ``rotamer_central_values/*.csv``: named rotamers and their chi means → ``rotamer_centres.json``.
 
-Output (``src/cryostack/validate/data/rotamer/``): ``rota8000-<grid>.npz`` (``ranks``,
+Output (``src/cryostack/chem/data/rotamer/``): ``rota8000-<grid>.npz`` (``ranks``,
 ``n_samples``, ``lower_deg``, ``upper_deg``, ``n_bins``, ``source``, ``credit``),
 ``rotamer_centres.json``, ``LICENSE`` (copied) and ``README.md``. The output is byte-for-byte
 deterministic (fixed zip timestamps, no randomness).
@@ -49,7 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cryostack.validate.rotamers import (  # noqa: E402
+from cryostack.chem.rotamers import (  # noqa: E402
     COSINE_HALFWIDTH_DEG,
     FAVORED_MIN,
     GRIDSIZE_3CHI_DEG,
@@ -63,22 +63,55 @@ from cryostack.validate.rotamers import (  # noqa: E402
 )
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "top8000"
-DEFAULT_OUTPUT = REPO / "src" / "cryostack" / "validate" / "data" / "rotamer"
+DEFAULT_OUTPUT = REPO / "src" / "cryostack" / "chem" / "data" / "rotamer"
 CREDIT = "Richardson lab, Duke University — Top8000 reference data (CC-BY 4.0)"
 
 #: Grids converted from the release: grid name → file in ``rotamer/``.
 RELEASED: dict[str, str] = {
     name: f"rota8000-{name}.data"
-    for name in ("asn", "asp", "cys", "gln", "glu", "his", "ile", "leu", "met", "phetyr", "pro", "ser", "thr", "trp",
-                 "val")
+    for name in (
+        "asn",
+        "asp",
+        "cys",
+        "gln",
+        "glu",
+        "his",
+        "ile",
+        "leu",
+        "met",
+        "phetyr",
+        "pro",
+        "ser",
+        "thr",
+        "trp",
+        "val",
+    )
 }
 #: Grids built here: grid name → point files in ``rotamer_srcdata/``.
 BUILT: dict[str, tuple[str, ...]] = {
     "arg": ("rota8000-arg-1m.csv", "rota8000-arg-1p.csv", "rota8000-arg-1t.csv"),
     "lys": ("rota8000-lys.csv",),
 }
-CENTRE_FILES = ("ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "HIS", "ILE", "LEU", "LYS", "MET", "PHE", "PRO",
-                "SER", "THR", "TRP", "TYR", "VAL")
+CENTRE_FILES = (
+    "ARG",
+    "ASN",
+    "ASP",
+    "CYS",
+    "GLN",
+    "GLU",
+    "HIS",
+    "ILE",
+    "LEU",
+    "LYS",
+    "MET",
+    "PHE",
+    "PRO",
+    "SER",
+    "THR",
+    "TRP",
+    "TYR",
+    "VAL",
+)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -113,7 +146,7 @@ def read_chi_points(paths: list[Path], n_chi: int) -> np.ndarray:
             for row in csv.reader(fh):
                 if not row:
                     continue
-                chis = row[3:3 + n_chi]
+                chis = row[3 : 3 + n_chi]
                 if len(chis) != n_chi or "NULL" in chis:
                     raise ValueError(f"{path}: row without {n_chi} chi values: {row[0]!r}")
                 points.append([float(x) for x in chis])
@@ -138,8 +171,9 @@ def read_centres(directory: Path) -> dict[str, list[dict]]:
         entries = []
         for row in rows:
             chis = [float(row[f"chi{k}_mean"]) for k in range(1, 5) if row.get(f"chi{k}_mean") not in (None, "")]
-            entries.append({"name": row["rotamer"], "chi_deg": chis, "n": int(row["n"]),
-                            "frequency_pct": float(row["frequency%"])})
+            entries.append(
+                {"name": row["rotamer"], "chi_deg": chis, "n": int(row["n"]), "frequency_pct": float(row["frequency%"])}
+            )
         entries.sort(key=lambda e: -e["n"])
         out[res] = entries
     return out
@@ -164,15 +198,18 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def write_grid(path: Path, spec: GridSpec, ranks: np.ndarray, n_samples: int, source: str) -> None:
     dtype = np.uint16 if n_samples <= np.iinfo(np.uint16).max else np.uint32
-    save_npz(path, {
-        "ranks": ranks.astype(dtype),
-        "n_samples": np.array(n_samples, dtype=np.int64),
-        "lower_deg": np.array(spec.lower_deg),
-        "upper_deg": np.array(spec.upper_deg),
-        "n_bins": np.array(spec.n_bins, dtype=np.int64),
-        "source": np.array(source),
-        "credit": np.array(CREDIT),
-    })
+    save_npz(
+        path,
+        {
+            "ranks": ranks.astype(dtype),
+            "n_samples": np.array(n_samples, dtype=np.int64),
+            "lower_deg": np.array(spec.lower_deg),
+            "upper_deg": np.array(spec.upper_deg),
+            "n_bins": np.array(spec.n_bins, dtype=np.int64),
+            "source": np.array(source),
+            "credit": np.array(CREDIT),
+        },
+    )
 
 
 def sha256(path: Path) -> str:
@@ -216,8 +253,9 @@ def build(source: Path, output: Path) -> list[dict]:
         spec, values = read_data_grid(path)
         ranks, n_samples = ranks_of_released(values, path)
         write_grid(output / f"rota8000-{name}.npz", spec, ranks, n_samples, f"top8000/rotamer/{filename}")
-        table.append({"grid": name, "how": "converted", "source": filename, "n": n_samples, "spec": spec,
-                      "sha256": sha256(path)})
+        table.append(
+            {"grid": name, "how": "converted", "source": filename, "n": n_samples, "spec": spec, "sha256": sha256(path)}
+        )
         print(f"{name:7s} converted  {spec.n_bins}  N={n_samples}", flush=True)
     for name, files in BUILT.items():
         paths = [source / "rotamer_srcdata" / f for f in files]
@@ -225,15 +263,33 @@ def build(source: Path, output: Path) -> list[dict]:
         spec = GridSpec.from_gridsize([0.0] * 4, [360.0] * 4, GRIDSIZE_4CHI_DEG)
         t0 = time.perf_counter()
         ranks = percentile_ranks(points, spec)
-        write_grid(output / f"rota8000-{name}.npz", spec, ranks, len(points),
-                   "top8000/rotamer_srcdata/" + " + ".join(files))
-        table.append({"grid": name, "how": "built", "source": " + ".join(files), "n": len(points), "spec": spec,
-                      "sha256": ", ".join(sha256(p)[:16] for p in paths)})
+        write_grid(
+            output / f"rota8000-{name}.npz", spec, ranks, len(points), "top8000/rotamer_srcdata/" + " + ".join(files)
+        )
+        table.append(
+            {
+                "grid": name,
+                "how": "built",
+                "source": " + ".join(files),
+                "n": len(points),
+                "spec": spec,
+                "sha256": ", ".join(sha256(p)[:16] for p in paths),
+            }
+        )
         print(f"{name:7s} built      {spec.n_bins}  N={len(points)}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     centres = read_centres(source / "rotamer_central_values")
-    (output / "rotamer_centres.json").write_text(json.dumps(
-        {"credit": CREDIT, "source": "top8000/rotamer_central_values/*.csv (rotamer, n, frequency%, chiN_mean)",
-         "rotamers": centres}, indent=1, ensure_ascii=False) + "\n")
+    (output / "rotamer_centres.json").write_text(
+        json.dumps(
+            {
+                "credit": CREDIT,
+                "source": "top8000/rotamer_central_values/*.csv (rotamer, n, frequency%, chiN_mean)",
+                "rotamers": centres,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     shutil.copyfile(source / "rotamer" / "LICENSE", output / "LICENSE")
     return table
 
@@ -278,7 +334,7 @@ exact multiples of 1/N). Arg and Lys are missing from the release and were built
 filtered Top8000 residues with MolProbity's recorded Silk settings (4 chi, 0–360° wrapping,
 `gridsize=10`, `cosine=5`, `twopass=7`, `fraction`, as recorded in the upstream Makefile of
 `Top8000_filtered_residues_rotarama`), implemented independently in
-`cryostack.validate.rotamers.percentile_ranks`: cosine kernels of half-width at half-height
+`cryostack.chem.rotamers.percentile_ranks`: cosine kernels of half-width at half-height
 5° (zero beyond 10°) sampled at cell centres, normalised to points per degree^4; a second pass
 with per-point half-width 7° / f_i^(0.5/4) (f_i the first-pass density at the point,
 interpolated); then each cell's value is the fraction of points with lower own density.

@@ -8,8 +8,9 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # Debian packages: OpenStructure and TM-align (lDDT and TM-score references for the validation
-# tests); ProMod3 with its StructureDB and mmseqs2 (the training corpus and its identity splits).
-APT_PACKAGES="openstructure tm-align promod3-data python3-promod3 mmseqs2"
+# tests); ProMod3 with its StructureDB and mmseqs2 (the training corpus and its identity splits);
+# RELION (CPU) as the reconstruction engine of the particle tools and their tests.
+APT_PACKAGES="openstructure tm-align promod3-data python3-promod3 mmseqs2 relion"
 
 stamp=.venv/.cryostack-setup
 inputs_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)

@@ -35,7 +35,9 @@ def _rama_helpers():
     """``tests/data/validate_rama/helpers.py`` (a data folder, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("validate_rama_helpers", Path(__file__).parent / "data" / "validate_rama" / "helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "validate_rama_helpers", Path(__file__).parent / "data" / "validate_rama" / "helpers.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

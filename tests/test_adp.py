@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cryostack.density.simulate import grid_around_atoms
+from cryostack.density.simulate import fcalc_map, grid_around_atoms
 from cryostack.io.maps import DensityMap
 from cryostack.refine import RefineConfig, RefinementObjective, refine
-from cryostack.density.simulate import fcalc_map
 from cryostack.refine.adp import refine_b_factors
 from cryostack.validate.mapfit import model_map
 
@@ -35,8 +34,13 @@ def test_torch_model_map_matches_validation(case):
     start, dmap, true_b = case
     arr = start.atoms()
     h = ~arr.is_hydrogen
-    ours = fcalc_map(torch.as_tensor(arr.coords[h]), torch.as_tensor(arr.atomic_numbers[h]),
-                     torch.as_tensor(true_b[h]), dmap.grid, RES).numpy()
+    ours = fcalc_map(
+        torch.as_tensor(arr.coords[h]),
+        torch.as_tensor(arr.atomic_numbers[h]),
+        torch.as_tensor(true_b[h]),
+        dmap.grid,
+        RES,
+    ).numpy()
     ref = model_map(start.with_coordinates(arr.coords, b_factors=true_b).atoms(), dmap, RES)
     assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.9999
 

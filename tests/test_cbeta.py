@@ -12,15 +12,9 @@ import gemmi
 import numpy as np
 import pytest
 
+from cryostack.chem.cbeta import ideal_cbeta, ideal_geometry, place_atom
 from cryostack.io.models import read_structure
-from cryostack.validate.cbeta import (
-    OUTLIER_MIN_A,
-    CbetaResult,
-    cbeta_deviations,
-    ideal_cbeta,
-    ideal_geometry,
-    place_atom,
-)
+from cryostack.validate.cbeta import OUTLIER_MIN_A, CbetaResult, cbeta_deviations
 
 DATA = Path(__file__).parent / "data" / "validate_rama"
 BACKBONES = DATA / "promod3_backbones.pdb"

@@ -34,8 +34,17 @@ def test_info_map_and_model():
 
 def test_simulate_map_like_keeps_grid(tmp_path):
     out = tmp_path / "sim.mrc"
-    r = run("simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "3.2", "--like", str(SPIKE_NTD_MAP),
-            "--out", str(out))
+    r = run(
+        "simulate-map",
+        "--model",
+        str(SPIKE_NTD_MODEL),
+        "--resolution",
+        "3.2",
+        "--like",
+        str(SPIKE_NTD_MAP),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     sim, ref = read_map(out), read_map(SPIKE_NTD_MAP)
     assert sim.shape == ref.shape and sim.voxel_size == ref.voxel_size
@@ -45,8 +54,9 @@ def test_simulate_map_like_keeps_grid(tmp_path):
 
 def test_simulate_map_voxel_size_box(tmp_path):
     out = tmp_path / "sim.mrc.gz"
-    r = run("simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "6", "--voxel-size", "2.0",
-            "--out", str(out))
+    r = run(
+        "simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "6", "--voxel-size", "2.0", "--out", str(out)
+    )
     assert r.returncode == 0, r.stderr
     m = read_map(out)
     assert m.voxel_size == (2.0, 2.0, 2.0)
@@ -110,15 +120,26 @@ def test_refuses_to_overwrite_input(tmp_path):
     target = tmp_path / "map.mrc"
     target.write_bytes(SPIKE_NTD_MAP.read_bytes())
     before = target.read_bytes()
-    r = run("simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "3", "--like", str(target),
-            "--out", str(target))
+    r = run(
+        "simulate-map",
+        "--model",
+        str(SPIKE_NTD_MODEL),
+        "--resolution",
+        "3",
+        "--like",
+        str(target),
+        "--out",
+        str(target),
+    )
     _assert_one_line_error(r, "overwrite")
     assert target.read_bytes() == before
 
 
 def test_absurd_resolution(tmp_path):
     out = tmp_path / "o.mrc"
-    r = run("simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "-3", "--voxel-size", "1", "--out", str(out))
+    r = run(
+        "simulate-map", "--model", str(SPIKE_NTD_MODEL), "--resolution", "-3", "--voxel-size", "1", "--out", str(out)
+    )
     _assert_one_line_error(r, "resolution")
     assert not out.exists()
 

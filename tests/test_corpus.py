@@ -277,7 +277,9 @@ def test_export_matches_promod3_coordinates(small_export):
         "            o=[[bb.GetO(r)[k] - s[k] for k in range(3)] for r in range(len(bb))])\n"
         "json.dump(out, sys.stdout)\n"
     )
-    ref = json.loads(subprocess.run([corpus_mod.SYSTEM_PYTHON, "-c", script], capture_output=True, text=True, check=True).stdout)
+    ref = json.loads(
+        subprocess.run([corpus_mod.SYSTEM_PYTHON, "-c", script], capture_output=True, text=True, check=True).stdout
+    )
     assert len(ref) == len(rows) >= 6
     for r in rows:
         rec = a.chain(r["index"], allow_test=True)
@@ -367,10 +369,20 @@ def test_user_directory_ingestion(tmp_path):
             rec = c.chain(r["index"], allow_test=True)
             assert rec.sequence == seqs[r["chain_id"]].upper().replace("-", "")
             arr = st.atoms()
-            sel = [k for k in range(arr.n_atoms) if arr.atom_names[k] == "CA" and arr.chain_ids[arr.chain_index[k]] == r["chain_id"]]
+            sel = [
+                k
+                for k in range(arr.n_atoms)
+                if arr.atom_names[k] == "CA" and arr.chain_ids[arr.chain_index[k]] == r["chain_id"]
+            ]
             assert np.allclose(rec.backbone[:, 1], arr.coords[sel], atol=1e-3)
             full = rec.to_structure().atoms()
-            heavy = sum(1 for k in range(arr.n_atoms) if arr.chain_ids[arr.chain_index[k]] == r["chain_id"] and not arr.is_hydrogen[k] and arr.residue_class[arr.residue_index[k]] == 0)
+            heavy = sum(
+                1
+                for k in range(arr.n_atoms)
+                if arr.chain_ids[arr.chain_index[k]] == r["chain_id"]
+                and not arr.is_hydrogen[k]
+                and arr.residue_class[arr.residue_index[k]] == 0
+            )
             assert full.n_atoms == heavy
             if HAVE_PROMOD3:
                 assert set(rec.dssp) <= set("HGIEBTSC-") and any(s in rec.dssp for s in "HE")

@@ -152,8 +152,27 @@ def test_cli_writes_resumes_and_writes_mrc(tmp_path, fake_corpus, capsys):
     from cryostack.io.models import read_structure
 
     out = tmp_path / "ds"
-    args = ["data", "simulate", "--corpus", str(tmp_path), "--split", "train", "--n", "2", "--resolution", "4", "7",
-            "--voxel-size", "2.0", "--crop", "24", "--out", str(out), "--write-mrc", "--no-progress"]
+    args = [
+        "data",
+        "simulate",
+        "--corpus",
+        str(tmp_path),
+        "--split",
+        "train",
+        "--n",
+        "2",
+        "--resolution",
+        "4",
+        "7",
+        "--voxel-size",
+        "2.0",
+        "--crop",
+        "24",
+        "--out",
+        str(out),
+        "--write-mrc",
+        "--no-progress",
+    ]
     main(args)
     items = sorted(p.name for p in (out / "items").iterdir())
     assert items == [f"item_{i:08d}.npz" for i in range(2)]
@@ -189,8 +208,20 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path, fake_corpus
     from cryostack.cli.main import main
 
     out = tmp_path / "ds"
-    args = ["data", "simulate", "--corpus", str(tmp_path), "--n", "2", "--voxel-size", "1.0", "--out", str(out),
-            "--no-progress", *extra]
+    args = [
+        "data",
+        "simulate",
+        "--corpus",
+        str(tmp_path),
+        "--n",
+        "2",
+        "--voxel-size",
+        "1.0",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2
@@ -203,8 +234,24 @@ def test_cli_refuses_a_dataset_made_with_other_settings(tmp_path, fake_corpus, c
     from cryostack.cli.main import main
 
     out = tmp_path / "ds"
-    base = ["data", "simulate", "--corpus", str(tmp_path), "--n", "1", "--voxel-size", "2.0", "--crop", "16",
-            "--resolution", "5", "6", "--out", str(out), "--no-progress"]
+    base = [
+        "data",
+        "simulate",
+        "--corpus",
+        str(tmp_path),
+        "--n",
+        "1",
+        "--voxel-size",
+        "2.0",
+        "--crop",
+        "16",
+        "--resolution",
+        "5",
+        "6",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     main(base)
     with pytest.raises(SystemExit) as exc:
         main(base + ["--seed", "9"])

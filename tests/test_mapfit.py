@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from cryostack.density.fsc import fsc_curve, fsc_resolution
+from cryostack.density.masks import sphere_mask
 from cryostack.density.simulate import simulate_density
 from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
 from cryostack.io.maps import DensityMap, GridSpec, read_map
@@ -29,8 +31,13 @@ def small_case():
     lo = np.floor(atoms.coords.min(0) - 6.0)
     n = np.ceil((atoms.coords.max(0) + 6.0 - lo) / 1.0).astype(int)
     grid = GridSpec(tuple(n[::-1]), (1.0, 1.0, 1.0), tuple(lo))
-    clean = simulate_density(torch.tensor(atoms.coords), torch.tensor(atoms.atomic_numbers), grid,
-                             resolution_A=3.5, b_factors=torch.tensor(atoms.b_factors)).numpy()
+    clean = simulate_density(
+        torch.tensor(atoms.coords),
+        torch.tensor(atoms.atomic_numbers),
+        grid,
+        resolution_A=3.5,
+        b_factors=torch.tensor(atoms.b_factors),
+    ).numpy()
     noisy = clean + np.random.default_rng(0).normal(0, 0.3 * clean.std(), clean.shape).astype(np.float32)
     return small, DensityMap(noisy, grid.voxel_size, grid.origin)
 
@@ -118,7 +125,9 @@ def test_q_score_decreases_with_resolution(small_case):
     qs = []
     for res in (2.0, 4.0, 7.0):
         grid = GridSpec((40, 40, 40), (0.7,) * 3, tuple(atoms.coords.mean(0) - 14.0))
-        m = simulate_density(torch.tensor(atoms.coords), torch.tensor(atoms.atomic_numbers), grid, resolution_A=res).numpy()
+        m = simulate_density(
+            torch.tensor(atoms.coords), torch.tensor(atoms.atomic_numbers), grid, resolution_A=res
+        ).numpy()
         qs.append(np.nanmean(mapfit.q_scores(atoms, DensityMap(m, grid.voxel_size, grid.origin))))
     assert qs[0] > qs[1] > qs[2]
     assert qs[0] > 0.7
@@ -127,17 +136,17 @@ def test_q_score_decreases_with_resolution(small_case):
 def test_fsc_of_identical_and_independent_maps():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(32, 30, 28)).astype(np.float32)
-    freq, fsc = mapfit.fsc_curve(a, a, (1.2, 1.2, 1.2))
+    freq, fsc = fsc_curve(a, a, (1.2, 1.2, 1.2))
     assert np.allclose(fsc, 1.0)
     assert freq[-1] == pytest.approx(1 / 2.4, rel=0.05)
-    _, fsc2 = mapfit.fsc_curve(a, rng.normal(size=a.shape), (1.2, 1.2, 1.2))
+    _, fsc2 = fsc_curve(a, rng.normal(size=a.shape), (1.2, 1.2, 1.2))
     assert np.abs(fsc2[3:]).max() < 0.25
 
 
 def test_fsc_resolution_interpolates():
     freq = np.array([0.1, 0.2, 0.3, 0.4])
     fsc = np.array([0.9, 0.7, 0.3, 0.1])
-    assert mapfit.fsc_resolution(freq, fsc, 0.5) == pytest.approx(1 / 0.25)
+    assert fsc_resolution(freq, fsc, 0.5) == pytest.approx(1 / 0.25)
 
 
 def test_image_radius_grows_with_resolution_and_b():
@@ -177,7 +186,7 @@ def test_masks_on_fine_anisotropic_grid(margin_A):
     expected = ~solvent & (distance_transform_edt(~solvent, sampling=vox[::-1]) > 0.9)
     assert np.array_equal(mapfit.molecular_mask(atoms, density), expected)
     near = (d <= 2.7).any(axis=1).reshape(density.shape)
-    assert np.array_equal(mapfit.sphere_mask(atoms.coords, 2.7, density), near)
+    assert np.array_equal(sphere_mask(atoms.coords, 2.7, density), near)
 
 
 def test_q_score_undefined_near_the_box_edge(small_case):

@@ -117,9 +117,7 @@ def write_raw_mrc(
 def small_map_file(path: Path, *, shape_zyx=(3, 4, 5), voxel=1.5, nstart_xyz=(0, 0, 0)) -> tuple[Path, np.ndarray]:
     data = np.random.default_rng(7).normal(size=shape_zyx).astype(np.float32)
     nz, ny, nx = shape_zyx
-    write_raw_mrc(
-        path, data, nstart_crs=nstart_xyz, mxyz=(nx, ny, nz), cella=(nx * voxel, ny * voxel, nz * voxel)
-    )
+    write_raw_mrc(path, data, nstart_crs=nstart_xyz, mxyz=(nx, ny, nz), cella=(nx * voxel, ny * voxel, nz * voxel))
     return path, data
 
 
@@ -240,7 +238,10 @@ def test_axis_order_and_positions_match_gemmi(rel, shared_file):
         k, j, i = (int(rng.integers(n)) for n in m.shape)
         p = grid.get_position(int(g_nstart[0] + i), int(g_nstart[1] + j), int(g_nstart[2] + k))
         np.testing.assert_allclose(m.voxel_to_angstrom([k, j, i]), p.tolist(), atol=1e-3)
-        assert cell_xyz[(g_nstart[0] + i) % n_cell[0], (g_nstart[1] + j) % n_cell[1], (g_nstart[2] + k) % n_cell[2]] == m.data[k, j, i]
+        assert (
+            cell_xyz[(g_nstart[0] + i) % n_cell[0], (g_nstart[1] + j) % n_cell[1], (g_nstart[2] + k) % n_cell[2]]
+            == m.data[k, j, i]
+        )
 
 
 @pytest.mark.parametrize("rel", ORIGIN_MAPS, ids=_ids(ORIGIN_MAPS))
@@ -413,9 +414,7 @@ def test_origin_is_centre_of_first_voxel_and_interpolation_hits_voxels():
 # =============================================================================================
 # Synthetic files
 # =============================================================================================
-@pytest.mark.parametrize(
-    "mode,dtype", [(0, np.int8), (1, np.int16), (2, np.float32), (6, np.uint16), (12, np.float16)]
-)
+@pytest.mark.parametrize("mode,dtype", [(0, np.int8), (1, np.int16), (2, np.float32), (6, np.uint16), (12, np.float16)])
 def test_modes_read_as_float32(mode, dtype, tmp_path):
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     base = np.arange(60).reshape(3, 4, 5)
@@ -452,7 +451,9 @@ def test_anisotropic_voxels(tmp_path):
     path = write_raw_mrc(tmp_path / "aniso.mrc", raw, mxyz=(5, 4, 3), cella=(5 * 1.0, 4 * 2.0, 3 * 3.0))
     np.testing.assert_allclose(read_map(path).voxel_size, (1.0, 2.0, 3.0), rtol=1e-6)
     # A sub-box of a larger sampling grid: voxel size is CELLA / MX, not CELLA / NX.
-    path = write_raw_mrc(tmp_path / "subbox.mrc", raw, mxyz=(10, 20, 30), cella=(15.0, 24.0, 39.0), nstart_crs=(2, 3, 4))
+    path = write_raw_mrc(
+        tmp_path / "subbox.mrc", raw, mxyz=(10, 20, 30), cella=(15.0, 24.0, 39.0), nstart_crs=(2, 3, 4)
+    )
     m = read_map(path)
     np.testing.assert_allclose(m.voxel_size, (1.5, 1.2, 1.3), rtol=1e-6)
     np.testing.assert_allclose(m.origin, (3.0, 3.6, 5.2), atol=1e-5)

@@ -8,8 +8,9 @@ import gemmi
 import numpy as np
 import pytest
 
+from cryostack.chem.residues import main_chain_mask
 from cryostack.errors import InputError
-from cryostack.io.models import DNA, OTHER, PROTEIN, RNA, WATER, Structure, read_structure, residue_class
+from cryostack.io.models import DNA, OTHER, PROTEIN, RNA, WATER, read_structure, residue_class
 
 FACTIN_PDB = "maps/emd_5168_factin/3MFP.pdb"
 SPIKE_PDB = "maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb"
@@ -51,7 +52,9 @@ def tiny_structure(n_models: int = 1) -> gemmi.Structure:
         for i, name in enumerate(["A", "C", "G", "U"]):
             rna.add_residue(_residue(name, i + 10, " ", NA_ATOMS, x0=20.0 + 4.0 * i + m))
         prot = gemmi.Chain("H")
-        for i, (name, num, ic) in enumerate([("ALA", 51, " "), ("GLY", 52, " "), ("SER", 52, "A"), ("LYS", 52, "B"), ("TRP", 53, " ")]):
+        for i, (name, num, ic) in enumerate(
+            [("ALA", 51, " "), ("GLY", 52, " "), ("SER", 52, "A"), ("LYS", 52, "B"), ("TRP", 53, " ")]
+        ):
             prot.add_residue(_residue(name, num, ic, AA_ATOMS, x0=40.0 + 3.8 * i + m))
         prot.add_residue(_residue("NAG", 301, " ", [("C1", "C"), ("O1", "O")], het=True, x0=70.0 + m))
         prot.add_residue(_residue("HOH", 401, " ", [("O", "O")], het=True, x0=80.0 + m))
@@ -256,8 +259,8 @@ def test_nucleic_acids_classified(tiny_pdb):
     assert classes == {"protein": 5, "DNA": 4, "RNA": 4, "water": 1, "other": 1}
     # per-atom masks: phosphate backbone counts, bases and ligand atoms do not
     names = np.array(a.atom_names)
-    assert a.is_backbone[(names == "P") | (names == "C1'")].all()
-    assert not a.is_backbone[names == "N1"].any()
+    assert main_chain_mask(a)[(names == "P") | (names == "C1'")].all()
+    assert not main_chain_mask(a)[names == "N1"].any()
     assert not a.is_polymer[np.array(a.residue_class)[a.residue_index] >= WATER].any()
     assert not a.is_hydrogen.any()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryostack.cli.demo import NOISE_A, SHIFT_A
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.models import read_structure
+from cryostack.pipeline.demo import NOISE_A, SHIFT_A
 from cryostack.refine.perturb import perturb_model
 
 

@@ -12,19 +12,9 @@ import gemmi
 import numpy as np
 import pytest
 
+from cryostack.chem.ramachandran import CATEGORIES, FAVORED_MIN, OUTLIER_BELOW, classify, grid_score, load_tables, score
 from cryostack.io.models import read_structure
-from cryostack.validate.ramachandran import (
-    CATEGORIES,
-    FAVORED_MIN,
-    OUTLIER_BELOW,
-    RamachandranResult,
-    classify,
-    grid_score,
-    load_tables,
-    plot_ramachandran,
-    ramachandran,
-    score,
-)
+from cryostack.validate.ramachandran import RamachandranResult, plot_ramachandran, ramachandran
 
 DATA = Path(__file__).parent / "data" / "validate_rama"
 BACKBONES = DATA / "promod3_backbones.pdb"
@@ -66,7 +56,7 @@ def test_tables_equal_source_data(shared_file):
 
 
 def test_packaged_licence_and_credit():
-    folder = REPO / "src" / "cryostack" / "validate" / "data" / "rama"
+    folder = REPO / "src" / "cryostack" / "chem" / "data" / "rama"
     assert "Attribution 4.0 International" in (folder / "LICENSE").read_text()
     assert "Richardson lab, Duke University — Top8000 reference data (CC-BY 4.0)" in (folder / "README.md").read_text()
 
@@ -82,7 +72,10 @@ def test_grid_bilinear_between_centres():
     # (-64, 40): a quarter of the way from centre -65 to -63 on phi, half way from 39 to 41 on psi.
     i, j = (-65 + 179) // 2, (39 + 179) // 2
     expected = (
-        table[i, j] * 0.5 * 0.5 + table[i + 1, j] * 0.5 * 0.5 + table[i, j + 1] * 0.5 * 0.5 + table[i + 1, j + 1] * 0.5 * 0.5
+        table[i, j] * 0.5 * 0.5
+        + table[i + 1, j] * 0.5 * 0.5
+        + table[i, j + 1] * 0.5 * 0.5
+        + table[i + 1, j + 1] * 0.5 * 0.5
     )
     assert grid_score(table, -64.0, 40.0) == pytest.approx(expected, rel=1e-12)
     t = 0.25

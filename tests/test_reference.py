@@ -260,8 +260,11 @@ def ost(tmp_path_factory):
                     if keep:
                         blocks.append(line)
             (folder / "std.cif").write_text("".join(blocks))
-            subprocess.run([tool, "create", str(folder / "std.cif"), str(folder / "std.chemlib"), "pdb"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [tool, "create", str(folder / "std.cif"), str(folder / "std.chemlib"), "pdb"],
+                check=True,
+                capture_output=True,
+            )
             chemlib = str(folder / "std.chemlib")
     out_dir = tmp_path_factory.mktemp("ost_out")
 
@@ -288,8 +291,11 @@ def _tmalign(model: Path, reference: Path) -> float:
 
 
 def _dockq_cli(model: Path, reference: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "DockQ", str(model), str(reference), "--json", str(out), "--short"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "DockQ", str(model), str(reference), "--json", str(out), "--short"],
+        capture_output=True,
+        text=True,
+    )
     assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -408,8 +414,18 @@ def test_unrelated_or_empty_inputs_raise_one_line_errors(load):
 def test_result_serialises(load):
     ref = load("1OZ7")
     d = compare_to_reference(noisy(ref, 1.0), ref).to_dict()
-    for key in ("tm_score", "rmsd", "lddt", "ca_lddt", "ca_displacement", "coverage_3a", "sequence_match", "dockq",
-                "chain_mapping", "dockq_interfaces"):
+    for key in (
+        "tm_score",
+        "rmsd",
+        "lddt",
+        "ca_lddt",
+        "ca_displacement",
+        "coverage_3a",
+        "sequence_match",
+        "dockq",
+        "chain_mapping",
+        "dockq_interfaces",
+    ):
         assert key in d
     assert {"reference_chains", "model_chains", "dockq", "fnat", "irmsd", "lrmsd"} <= set(d["dockq_interfaces"][0])
     json.dumps(d)
@@ -460,7 +476,13 @@ def ost_lddt(load, ost, tmp_path_factory):
         ref = load(name)
         model = perturb(ref)
         mapping = compare_to_reference(model, ref).chain_mapping
-        jobs[case] = (write(model, folder / f"{case}.pdb"), write(ref, folder / f"{case}_ref.pdb"), mapping, ca, by_number)
+        jobs[case] = (
+            write(model, folder / f"{case}.pdb"),
+            write(ref, folder / f"{case}_ref.pdb"),
+            mapping,
+            ca,
+            by_number,
+        )
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         futures = {case: pool.submit(ost, *args) for case, args in jobs.items()}
         return {case: f.result() for case, f in futures.items()}
@@ -507,8 +529,10 @@ def test_tm_score_agrees_with_tmalign(load, tmp_path, k):
 
     def ca(st):
         res = [x for x in st.gemmi[0][0] if x.find_atom("CA", "*") is not None]
-        return (np.array([x.find_atom("CA", "*").pos.tolist() for x in res]),
-                gemmi.one_letter_code([x.name for x in res]).upper())
+        return (
+            np.array([x.find_atom("CA", "*").pos.tolist() for x in res]),
+            gemmi.one_letter_code([x.name for x in res]).upper(),
+        )
 
     (x, sx), (y, sy) = ca(m1), ca(r1)
     tmtools_free = tm_align(x, y, sx, sy).tm_norm_chain2
@@ -567,8 +591,12 @@ def test_large_complex_uses_numpy_tm_search(load):
     r = compare_to_reference(mdl, ref)
     assert r.n_aligned_residues > TMTOOLS_MAX_PAIRS
     assert r.chain_mapping == {c: c for c in "ABCDE"}
-    x = np.concatenate([np.array([a.pos.tolist() for res in mdl.gemmi[0][c] for a in res if a.name == "CA"]) for c in "ABCDE"])
-    y = np.concatenate([np.array([a.pos.tolist() for res in ref.gemmi[0][c] for a in res if a.name == "CA"]) for c in "ABCDE"])
+    x = np.concatenate(
+        [np.array([a.pos.tolist() for res in mdl.gemmi[0][c] for a in res if a.name == "CA"]) for c in "ABCDE"]
+    )
+    y = np.concatenate(
+        [np.array([a.pos.tolist() for res in ref.gemmi[0][c] for a in res if a.name == "CA"]) for c in "ABCDE"]
+    )
     s = "A" * len(x)
     assert r.tm_score == pytest.approx(tm_align(x, y, s, s, [s, s]).tm_norm_chain2, abs=TM_TOL)
 

@@ -88,7 +88,9 @@ def test_registry_and_direct_refinement_recovers_shift(piece):
 
 def test_early_stopping_stops_at_a_converged_model(piece):
     s, dmap = piece
-    config = RefineConfig(max_recycles=20, steps_per_recycle=2, rigid_steps=0, lr=0.001, patience=1, min_improvement=0.5)
+    config = RefineConfig(
+        max_recycles=20, steps_per_recycle=2, rigid_steps=0, lr=0.001, patience=1, min_improvement=0.5
+    )
     _, result = refine(s, dmap, RES, config)
     assert len(result.history) - 1 < 20
 
@@ -140,7 +142,9 @@ def test_cropped_refinement_merges_consistently(piece):
     old = run.RESIDUES_PER_CROP
     run.RESIDUES_PER_CROP = 8
     try:
-        config = RefineConfig(max_recycles=1, steps_per_recycle=10, rigid_steps=10, crop_above_residues=5, crop_margin_A=6.0)
+        config = RefineConfig(
+            max_recycles=1, steps_per_recycle=10, rigid_steps=10, crop_above_residues=5, crop_margin_A=6.0
+        )
         refined, result = refine(start, dmap, RES, config)
     finally:
         run.RESIDUES_PER_CROP = old
@@ -152,8 +156,8 @@ def test_cropped_refinement_merges_consistently(piece):
     assert bond_rmsd(x, rs) < 0.03  # seams between crops are not torn
     ref = s.atoms().coords
     assert np.sqrt(((refined.atoms().coords - ref) ** 2).sum(1).mean()) < np.sqrt(
-        ((start.atoms().coords - ref) ** 2).sum(1).mean())
-
+        ((start.atoms().coords - ref) ** 2).sum(1).mean()
+    )
 
 
 def test_crops_build_each_seam_onto_the_kept_coordinates(piece, monkeypatch):
@@ -184,8 +188,15 @@ def test_crops_build_each_seam_onto_the_kept_coordinates(piece, monkeypatch):
 
     monkeypatch.setattr(run, "_sub_structure", sub)
     monkeypatch.setattr(run, "get_optimizer", get)
-    config = RefineConfig(max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False,
-                          crop_above_residues=5, crop_margin_A=6.0)
+    config = RefineConfig(
+        max_recycles=1,
+        steps_per_recycle=3,
+        rigid_steps=0,
+        coarse_recycles=0,
+        fit_rotamers=False,
+        crop_above_residues=5,
+        crop_margin_A=6.0,
+    )
     refine(start, dmap, RES, config)
     crops, merged = calls[:-1], calls[-1][1]
     assert len(crops) >= 2 and len(merged) == s.n_atoms
@@ -193,8 +204,11 @@ def test_crops_build_each_seam_onto_the_kept_coordinates(piece, monkeypatch):
     from cryostack.geometry.restraints import build_restraints
 
     for a, b in build_restraints(s).bond_index.numpy():
-        assert any(a in idx and b in idx and np.array_equal(out[np.searchsorted(idx, [a, b])], merged[[a, b]])
-                   for idx, (_, _, out) in zip(indices, crops)), (a, b)
+        assert any(
+            a in idx and b in idx and np.array_equal(out[np.searchsorted(idx, [a, b])], merged[[a, b]])
+            for idx, (_, _, out) in zip(indices, crops)
+        ), (a, b)
+
 
 def test_loss_weights_parse():
     w = LossWeights.parse("density=10, rama=2")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,12 +40,20 @@ def case(tmp_path_factory):
     res.name, res.seqid = "HOH", gemmi.SeqId("1")
     res.entity_type = gemmi.EntityType.Water
     atom = gemmi.Atom()
-    atom.name, atom.element, atom.pos, atom.occ, atom.b_iso = "O", gemmi.Element("O"), gemmi.Position(ca.x + 6, ca.y, ca.z), 1.0, 30.0
+    atom.name, atom.element, atom.pos, atom.occ, atom.b_iso = (
+        "O",
+        gemmi.Element("O"),
+        gemmi.Position(ca.x + 6, ca.y, ca.z),
+        1.0,
+        30.0,
+    )
     res.add_atom(atom)
     wat.add_residue(res)
     s = Structure(st)
     grid = grid_around_atoms(s.atoms().coords, 1.0, margin_A=8.0)
-    dmap = DensityMap(data=simulate_model_map(s, grid, RES, use_b_factors=False), voxel_size=grid.voxel_size, origin=grid.origin)
+    dmap = DensityMap(
+        data=simulate_model_map(s, grid, RES, use_b_factors=False), voxel_size=grid.voxel_size, origin=grid.origin
+    )
     map_path = write_map(dmap, d / "map.mrc")
     arr = s.atoms()
     shifted = arr.coords + arr.is_polymer[:, None] * np.array([0.6, 0.0, 0.0], dtype=np.float32)
@@ -65,8 +72,22 @@ def _one_line_error(r, *words):
 def test_refine_writes_model_and_reports(case):
     d, model_path, map_path, truth = case
     out = d / "refined.cif"
-    r = run("refine", "--model", str(model_path), "--map", str(map_path), "--resolution", str(RES), "--out", str(out),
-            "--max-recycles", "2", "--no-q-score", "--seed", "3")
+    r = run(
+        "refine",
+        "--model",
+        str(model_path),
+        "--map",
+        str(map_path),
+        "--resolution",
+        str(RES),
+        "--out",
+        str(out),
+        "--max-recycles",
+        "2",
+        "--no-q-score",
+        "--seed",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     assert "CC_mask" in r.stdout and "bond RMSD" in r.stdout
     refined = read_structure(out)

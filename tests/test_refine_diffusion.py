@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from cryostack.io.models import read_structure
+from cryostack.nn.edm import c_in, c_noise, c_out, c_skip, edm_loss_weight
 from cryostack.refine.diffusion import featurize, featurize_backbone, load_denoiser
 from cryostack.refine.diffusion.config import DenoiserConfig, PretrainConfig
-from cryostack.refine.diffusion.model import AtomDenoiser, c_in, c_noise, c_out, c_skip, edm_loss_weight
-from cryostack.refine.diffusion.pretrain import (
+from cryostack.refine.diffusion.model import AtomDenoiser
+from cryostack.refine.diffusion.train import (
     Example,
     denoising_loss,
     evaluate,
@@ -24,7 +25,7 @@ from cryostack.refine.diffusion.pretrain import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "examples" / "spike_ntd"
 CORPUS_SAMPLE = Path(__file__).resolve().parent / "data" / "corpus_sample"
-WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "refine" / "diffusion" / "weights" / "denoiser_v2.pt"
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "weights" / "denoiser_v2.pt"
 SMALL = DenoiserConfig(hidden=32, edge_hidden=32, layers=2, k_neighbours=8)
 
 
@@ -59,8 +60,9 @@ def test_edm_preconditioning_identities():
     torch.testing.assert_close(c_skip(sigma, sd), sd**2 * c_in(sigma, sd) ** 2)
     torch.testing.assert_close(c_out(sigma, sd), sigma * sd * c_in(sigma, sd))
     # skip path plus the network's identity term reproduce the input exactly
-    torch.testing.assert_close(c_skip(sigma, sd) + (sigma / sd) * c_out(sigma, sd) * c_in(sigma, sd),
-                               torch.ones_like(sigma))
+    torch.testing.assert_close(
+        c_skip(sigma, sd) + (sigma / sd) * c_out(sigma, sd) * c_in(sigma, sd), torch.ones_like(sigma)
+    )
     # EDM: unit-variance input and training target for data of standard deviation sigma_data
     torch.testing.assert_close(c_in(sigma, sd) ** 2 * (sd**2 + sigma**2), torch.ones_like(sigma))
     target_var = (c_skip(sigma, sd) ** 2 * sigma**2 + (1 - c_skip(sigma, sd)) ** 2 * sd**2) / c_out(sigma, sd) ** 2
@@ -179,6 +181,10 @@ def test_load_denoiser_rejects_bad_files(tmp_path):
         load_denoiser(bad)
     with pytest.raises(InputError, match="not found"):
         load_denoiser(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"format": "cryostack-checkpoint", "model": "particles.Encoder", "config": {}, "state_dict": {}}, other)
+    with pytest.raises(InputError, match="particles.Encoder"):
+        load_denoiser(other)
 
 
 def test_testtime_changes_only_denoiser_weights_and_lowers_the_objective(ntd_piece):
@@ -195,8 +201,13 @@ def test_testtime_changes_only_denoiser_weights_and_lowers_the_objective(ntd_pie
     init = obj.init_coords.clone()
     model = _randomise(AtomDenoiser(SMALL), std=0.01)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = refine_diffusion(obj, RefineConfig(method="diffusion", max_recycles=3, steps_per_recycle=4, patience=3),
-                           model=model, lr=1e-3, sigma_A=0.5)
+    res = refine_diffusion(
+        obj,
+        RefineConfig(method="diffusion", max_recycles=3, steps_per_recycle=4, patience=3),
+        model=model,
+        lr=1e-3,
+        sigma_A=0.5,
+    )
     assert res.method == "diffusion" and res.coords.shape == arr.coords.shape
     # the caller's model and the objective are untouched; only the (copied) denoiser was optimised
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -230,8 +241,9 @@ def test_testtime_shares_placement_and_rotamer_fitting_with_direct(spike_piece, 
     start = s.with_coordinates(bad.numpy())
     obj = RefinementObjective(start, dmap, 3.2)
     model = _randomise(AtomDenoiser(SMALL), std=0.01)
-    config = RefineConfig(method="diffusion", max_recycles=2, steps_per_recycle=4, patience=2, rigid_steps=20,
-                          coarse_recycles=1)
+    config = RefineConfig(
+        method="diffusion", max_recycles=2, steps_per_recycle=4, patience=2, rigid_steps=20, coarse_recycles=1
+    )
     res = refine_diffusion(obj, config, model=model, lr=1e-3)
     rmsd = lambda x: float(((torch.as_tensor(x) - truth) ** 2).sum(1).mean().sqrt())  # noqa: E731
     assert rmsd(bad) > 2.9 and rmsd(res.coords) < 1.0
@@ -239,9 +251,19 @@ def test_testtime_shares_placement_and_rotamer_fitting_with_direct(spike_piece, 
     assert stages[0] == "start" and stages[-2:] == ["rotamer_fit", "polish"]
     assert res.rotamer_fit["changed"] >= 1
     # switched off, the diffusion optimiser is the bare test-time scheme on the input
-    plain = refine_diffusion(obj, RefineConfig(method="diffusion", max_recycles=2, steps_per_recycle=4,
-                                               rigid_steps=0, coarse_recycles=0, fit_rotamers=False),
-                             model=model, lr=1e-3)
+    plain = refine_diffusion(
+        obj,
+        RefineConfig(
+            method="diffusion",
+            max_recycles=2,
+            steps_per_recycle=4,
+            rigid_steps=0,
+            coarse_recycles=0,
+            fit_rotamers=False,
+        ),
+        model=model,
+        lr=1e-3,
+    )
     assert plain.rotamer_fit is None and rmsd(plain.coords) > 2.0
 
 

@@ -83,7 +83,9 @@ def test_generator_joins_ideal_monomers_by_ideal_links():
 
 
 # -- restraints ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, chiral_centres", [("rna8", {"C1'", "C2'", "C3'", "C4'"}), ("dna8", {"C1'", "C3'", "C4'"})])
+@pytest.mark.parametrize(
+    "name, chiral_centres", [("rna8", {"C1'", "C2'", "C3'", "C4'"}), ("dna8", {"C1'", "C3'", "C4'"})]
+)
 def test_restraints_cover_links_base_planes_and_sugar_chirality(models, name, chiral_centres):
     s = models[name]
     arr = s.atoms()
@@ -93,12 +95,20 @@ def test_restraints_cover_links_base_planes_and_sugar_chirality(models, name, ch
     # One O3'–P link per step, at the library's ideal, and the link's four angles.
     links = _links(s, rs)
     assert len(links) == n_res - 1
-    assert torch.allclose(rs.bond_ideal_A[links], torch.tensor(O3P_IDEAL_A)) and torch.allclose(rs.bond_esd_A[links], torch.tensor(O3P_ESD_A))
-    cross = [tuple(arr.atom_names[i] for i in row) for row in rs.angle_index.tolist() if len(set(arr.residue_index[row])) > 1]
+    assert torch.allclose(rs.bond_ideal_A[links], torch.tensor(O3P_IDEAL_A)) and torch.allclose(
+        rs.bond_esd_A[links], torch.tensor(O3P_ESD_A)
+    )
+    cross = [
+        tuple(arr.atom_names[i] for i in row) for row in rs.angle_index.tolist() if len(set(arr.residue_index[row])) > 1
+    ]
     names = {frozenset([a[0], a[2]]) | {a[1] + "*"} for a in cross}
     assert len(cross) == 4 * (n_res - 1)
-    assert names == {frozenset({"C3'", "P", "O3'*"}), frozenset({"O5'", "O3'", "P*"}), frozenset({"OP1", "O3'", "P*"}),
-                     frozenset({"OP2", "O3'", "P*"})}
+    assert names == {
+        frozenset({"C3'", "P", "O3'*"}),
+        frozenset({"O5'", "O3'", "P*"}),
+        frozenset({"OP1", "O3'", "P*"}),
+        frozenset({"OP2", "O3'", "P*"}),
+    }
     # A base plane per residue that includes C1'; sugar chiral centres with the library's signs.
     plane_atoms = [{arr.atom_names[i] for i in row[m].tolist()} for row, m in zip(rs.plane_index, rs.plane_mask)]
     assert len(plane_atoms) == n_res and all("C1'" in p and "C4" in p and "C2" in p for p in plane_atoms)
@@ -133,8 +143,10 @@ def test_real_nucleotides_link_only_consecutive_residues_and_no_omega_across_a_g
     s = read_structure(Path(__file__).parent / "data" / "validate_rama" / "mixed_break_ligand_na.pdb")
     arr = s.atoms()
     rs = R.build_restraints(s)
-    pairs = sorted((int(arr.residue_numbers[arr.residue_index[i]]), int(arr.residue_numbers[arr.residue_index[j]]))
-                   for i, j in rs.bond_index[_links(s, rs)].tolist())
+    pairs = sorted(
+        (int(arr.residue_numbers[arr.residue_index[i]]), int(arr.residue_numbers[arr.residue_index[j]]))
+        for i, j in rs.bond_index[_links(s, rs)].tolist()
+    )
     assert [tuple(sorted(p)) for p in pairs] == [(13, 14), (16, 17)]
     nums = arr.residue_numbers[arr.residue_index[rs.omega_index[:, [0, 3]].numpy()]]
     assert len(nums) > 50 and np.all(nums[:, 1] - nums[:, 0] == 1)
@@ -145,7 +157,9 @@ def test_phosphorus_density_integrates_to_its_scattering_factor():
     grid = GridSpec((40, 40, 40), (0.5, 0.5, 0.5), (-10.0, -10.0, -10.0))
     for element in ("P", "C", "O", "N"):
         el = gemmi.Element(element)
-        m = simulate_density(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([el.atomic_number]), grid, resolution_A=RES)
+        m = simulate_density(
+            torch.zeros(1, 3, dtype=torch.float64), torch.tensor([el.atomic_number]), grid, resolution_A=RES
+        )
         assert float(m.sum()) * 0.125 == pytest.approx(sum(el.c4322.get_coefs()[:5]), rel=1e-3)
 
 
@@ -207,7 +221,9 @@ def test_validate_reports_nucleic_geometry_and_skips_protein_sections(models, si
     result = validate(rna, density=simulated_map(rna, RES), resolution_A=RES, compute_q=False)
     rs = R.build_restraints(rna)
     assert result.geometry.n_bonds == rs.bond_index.shape[0] and result.geometry.n_angles == rs.angle_index.shape[0]
-    assert result.geometry.bond_rmsd == pytest.approx(R.bond_rmsd(torch.as_tensor(rna.atoms().coords, dtype=torch.float64), rs), abs=1e-4)
+    assert result.geometry.bond_rmsd == pytest.approx(
+        R.bond_rmsd(torch.as_tensor(rna.atoms().coords, dtype=torch.float64), rs), abs=1e-4
+    )
     assert result.ramachandran is None and result.rotamer is None and result.cbeta is None
     assert any("no protein residues" in n for n in result.notes)
     assert result.map_model.cc_mask > 0.95
@@ -215,6 +231,8 @@ def test_validate_reports_nucleic_geometry_and_skips_protein_sections(models, si
 
     # Protein + RNA: the geometry RMSDs cover both chains, the protein sections only the protein.
     mixed = validate(models["protein_rna"], compute_q=False)
-    assert mixed.geometry.n_bonds == R.build_restraints(models["protein_rna"]).bond_index.shape[0] > rs.bond_index.shape[0]
+    assert (
+        mixed.geometry.n_bonds == R.build_restraints(models["protein_rna"]).bond_index.shape[0] > rs.bond_index.shape[0]
+    )
     assert mixed.ramachandran.n_residues == 10 and 0 < mixed.rotamer.n_residues <= 12
     assert all(r["chain"] == "A" for r in mixed.to_dict()["geometry"]["cis_peptides"])

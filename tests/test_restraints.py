@@ -15,9 +15,9 @@ from cryostack.geometry.clash import ClashTerm
 from cryostack.geometry.ramachandran_prior import build_rama, phi_psi, rama_energy, rama_loss
 from cryostack.geometry.rotamer_prior import build_rotamers, rotamer_energy, rotamer_loss
 from cryostack.io.models import read_structure
+from cryostack.validate.cbeta import cbeta_deviations as validate_cbeta
 from cryostack.validate.geometry import geometry
 from cryostack.validate.ramachandran import ramachandran
-from cryostack.validate.cbeta import cbeta_deviations as validate_cbeta
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +157,10 @@ def test_subset_and_involving_reindex(ntd, ntd_rs):
     assert int(sub.bond_index.max()) < sub.n_atoms
     x = _x(ntd)
     # The kept bonds measure the same lengths in the subset's indexing.
-    assert torch.allclose(R.bond_lengths(x[torch.as_tensor(keep)], sub).sort().values,
-                          R.bond_lengths(x, ntd_rs)[(torch.as_tensor(keep)[ntd_rs.bond_index]).all(1)].sort().values)
+    assert torch.allclose(
+        R.bond_lengths(x[torch.as_tensor(keep)], sub).sort().values,
+        R.bond_lengths(x, ntd_rs)[(torch.as_tensor(keep)[ntd_rs.bond_index]).all(1)].sort().values,
+    )
     inv = ntd_rs.involving(torch.as_tensor(keep))
     assert 0 < inv.bond_index.shape[0] < ntd_rs.bond_index.shape[0]
 
@@ -180,8 +182,8 @@ def test_rama_prior_matches_validation_and_favours_favoured(ntd):
         (fav if ref[2] == "favored" else other).append(float(e[k]))
     assert np.mean(fav) < np.mean(other)
     # General-case energies: alpha helix and beta sheet low, the empty (phi > 0, psi ~ -120) region high.
-    from cryostack.geometry.ramachandran_prior import energy_tables, _PAD
-    from cryostack.validate.ramachandran import CATEGORIES
+    from cryostack.chem.ramachandran import CATEGORIES
+    from cryostack.geometry.ramachandran_prior import _PAD, energy_tables
 
     table = energy_tables()[CATEGORIES.index("general")]
 
@@ -193,13 +195,15 @@ def test_rama_prior_matches_validation_and_favours_favoured(ntd):
 
 def test_rama_gradient_moves_outlier_toward_favoured(piece):
     """Descending the prior from an outlier (phi, psi) raises the Top8000 score."""
-    from cryostack.validate.ramachandran import score
+    from cryostack.chem.ramachandran import score
 
     ntd = piece
     arr = ntd.atoms()
     rama = build_rama(arr)
     k = next(i for i in range(rama.category.numel()) if int(rama.category[i]) == 0)  # a general residue
-    one = type(rama)(rama.phi_index[k : k + 1], rama.psi_index[k : k + 1], rama.category[k : k + 1], rama.residue[k : k + 1])
+    one = type(rama)(
+        rama.phi_index[k : k + 1], rama.psi_index[k : k + 1], rama.category[k : k + 1], rama.residue[k : k + 1]
+    )
     # Rotate the residue's psi into an outlier region by moving the following N (and beyond) about CA–C.
     x = _x(ntd).clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.02)
@@ -247,9 +251,11 @@ def test_cbeta_term_agrees_with_validation(ntd):
     ours = cbeta_deviations(x, cb).numpy()
     ref = validate_cbeta(ntd)
     theirs = {(d.number, d.name): d.deviation_A for d in ref.residues if not d.altloc}
-    pairs = [(ours[k], theirs[(int(arr.residue_numbers[r]), arr.residue_names[r])])
-             for k, r in enumerate(arr.residue_index[cb.index[:, 1].numpy()])
-             if (int(arr.residue_numbers[r]), arr.residue_names[r]) in theirs]
+    pairs = [
+        (ours[k], theirs[(int(arr.residue_numbers[r]), arr.residue_names[r])])
+        for k, r in enumerate(arr.residue_index[cb.index[:, 1].numpy()])
+        if (int(arr.residue_numbers[r]), arr.residue_names[r]) in theirs
+    ]
     assert len(pairs) > 150
     a, b = np.array(pairs).T
     assert np.max(np.abs(a - b)) < 2e-3

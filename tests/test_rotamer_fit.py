@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from cryostack.chem.rotamers import FAVORED_MIN, OUTLIER_BELOW, score_chis
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.geometry.restraints import angle_rmsd_deg, bond_lengths, dihedrals
 from cryostack.io.models import read_structure
 from cryostack.refine import RefineConfig, RefinementObjective, refine
 from cryostack.refine.rotamer_fit import fit_rotamers, set_chis, side_chain_topology
-from cryostack.validate.rotamers import FAVORED_MIN, OUTLIER_BELOW, score_chis
 
 RES = 3.2
 #: Outlier conformations put on side chains of the piece (residue index → chis, degrees).
@@ -135,8 +135,9 @@ def test_direct_optimiser_fits_rotamers_and_records_the_stage(piece):
     for r in OUTLIERS:
         assert score_chis(names[r], _chis(y, side_chain_topology(obj)[r][0])) >= OUTLIER_BELOW
     # Switched off: no extra stages, no stats.
-    _, plain = refine(start, dmap, RES, RefineConfig(max_recycles=1, steps_per_recycle=5, rigid_steps=0,
-                                                     fit_rotamers=False))
+    _, plain = refine(
+        start, dmap, RES, RefineConfig(max_recycles=1, steps_per_recycle=5, rigid_steps=0, fit_rotamers=False)
+    )
     assert plain.rotamer_fit is None and all(r.stage in ("start", "adam") for r in plain.history)
 
 

@@ -17,12 +17,30 @@ import gemmi
 import numpy as np
 import pytest
 
+from cryostack.chem import rotamers as R
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.models import read_structure
-from cryostack.validate import rotamers as R
+from cryostack.validate.rotamers import rotamers
 
-GRIDS = ("arg", "asn", "asp", "cys", "gln", "glu", "his", "ile", "leu", "lys", "met", "phetyr", "pro",
-         "ser", "thr", "trp", "val")
+GRIDS = (
+    "arg",
+    "asn",
+    "asp",
+    "cys",
+    "gln",
+    "glu",
+    "his",
+    "ile",
+    "leu",
+    "lys",
+    "met",
+    "phetyr",
+    "pro",
+    "ser",
+    "thr",
+    "trp",
+    "val",
+)
 DATA_DIR = Path(R.__file__).parent / "data" / "rotamer"
 CREDIT = "Richardson lab, Duke University — Top8000 reference data (CC-BY 4.0)"
 
@@ -36,7 +54,7 @@ def _chi_points(paths: list[Path], n_chi: int) -> np.ndarray:
     rows = []
     for path in paths:
         with path.open(newline="") as fh:
-            rows += [[float(x) for x in row[3:3 + n_chi]] for row in csv.reader(fh) if row]
+            rows += [[float(x) for x in row[3 : 3 + n_chi]] for row in csv.reader(fh) if row]
     return np.array(rows)
 
 
@@ -145,7 +163,7 @@ def test_met_rebuild_matches_released_grid(top8000, shared_file):
     on_points = _classes(released.scores(points)) == _classes(R.interpolate(rebuilt, spec, points))
     assert on_points.mean() >= 0.998
     # Met residues of a real model: same verdicts on both grids.
-    result = R.rotamers(read_structure(shared_file("maps/emd_5168_factin/3MFP.pdb")))
+    result = rotamers(read_structure(shared_file("maps/emd_5168_factin/3MFP.pdb")))
     mets = np.array([r.chis_deg for r in result.residues if r.name == "MET"])
     assert len(mets) == 16
     agree = _classes(released.scores(mets)) == _classes(R.interpolate(rebuilt, spec, mets))
@@ -154,8 +172,10 @@ def test_met_rebuild_matches_released_grid(top8000, shared_file):
 
 def test_rebuilt_arg_lys_grids_fit_their_data(top8000):
     src = top8000 / "rotamer_srcdata"
-    for name, files in (("arg", ["rota8000-arg-1m.csv", "rota8000-arg-1p.csv", "rota8000-arg-1t.csv"]),
-                        ("lys", ["rota8000-lys.csv"])):
+    for name, files in (
+        ("arg", ["rota8000-arg-1m.csv", "rota8000-arg-1p.csv", "rota8000-arg-1t.csv"]),
+        ("lys", ["rota8000-lys.csv"]),
+    ):
         grid = R.load_grid(name)
         points = _chi_points([src / f for f in files], 4)
         assert grid.n_samples == len(points)
@@ -186,14 +206,14 @@ def _set_chi1(residue: gemmi.Residue, target_deg: float, altloc: str = "") -> No
 
 
 def _first(st: gemmi.Structure, name: str, classification: str = "favored") -> gemmi.Residue:
-    result = R.rotamers(st)
+    result = rotamers(st)
     rec = next(r for r in result.residues if r.name == name and r.classification == classification)
     chain = next(ch for ch in st[0] if ch.name == rec.chain)
     return next(res for res in chain if res.seqid.num == rec.number and res.seqid.icode.strip() == rec.icode)
 
 
 def test_example_model_statistics():
-    result = R.rotamers(read_structure(SPIKE_NTD_MODEL))
+    result = rotamers(read_structure(SPIKE_NTD_MODEL))
     # 6vyb N-terminal domain segment: 168 scored side chains, 11 truncated ones, all favoured.
     assert result.n_residues == 168
     assert result.n_incomplete == 11
@@ -213,7 +233,7 @@ def test_eclipsed_chi1_becomes_outlier(name):
     residue = _first(st, name)
     key = (residue.seqid.num, name)
     _set_chi1(residue, 0.0 if name != "VAL" else 120.0)  # eclipsed with N (Val: CG1 eclipsed)
-    after = {(r.number, r.name): r for r in R.rotamers(st).residues}
+    after = {(r.number, r.name): r for r in rotamers(st).residues}
     assert after[key].classification == "outlier"
     assert after[key].chis_deg[0] == pytest.approx(0.0 if name != "VAL" else 120.0, abs=1e-3)
 
@@ -223,13 +243,13 @@ def test_structure_rotated_to_staggered_rotamer_is_favoured():
     residue = _first(st, "SER")
     for target, expected in ((60.0, "p"), (180.0, "t"), (-60.0, "m")):
         _set_chi1(residue, target)
-        rec = next(r for r in R.rotamers(st).residues if r.number == residue.seqid.num and r.name == "SER")
+        rec = next(r for r in rotamers(st).residues if r.number == residue.seqid.num and r.name == "SER")
         assert rec.classification == "favored" and rec.rotamer_name == expected
 
 
 def test_altlocs_each_scored_counted_once():
     st = read_structure(SPIKE_NTD_MODEL).gemmi
-    before = R.rotamers(st)
+    before = rotamers(st)
     residue = _first(st, "LEU")
     copies = []
     for atom in residue:  # finish editing before add_atom(): it may move the residue's atoms
@@ -241,7 +261,7 @@ def test_altlocs_each_scored_counted_once():
     for copy in copies:
         residue.add_atom(copy)
     _set_chi1(residue, 0.0, altloc="B")
-    after = R.rotamers(st)
+    after = rotamers(st)
     recs = [r for r in after.residues if r.number == residue.seqid.num and r.name == "LEU"]
     assert [r.altloc for r in recs] == ["A", "B"]
     assert [r.classification for r in recs] == ["favored", "outlier"]
@@ -252,7 +272,7 @@ def test_altlocs_each_scored_counted_once():
 
 def test_incomplete_side_chains_and_non_protein_residues_are_skipped():
     st = read_structure(SPIKE_NTD_MODEL).gemmi
-    before = R.rotamers(st)
+    before = rotamers(st)
     residue = _first(st, "ARG")
     residue.remove_atom("CZ", "\0")
     chain = st[0][0]
@@ -269,7 +289,7 @@ def test_incomplete_side_chains_and_non_protein_residues_are_skipped():
         atom.name, atom.element, atom.pos = atom_name, gemmi.Element(atom_name[0]), gemmi.Position(i, 1, 2)
         nucleotide.add_atom(atom)
     chain.add_residue(nucleotide)
-    after = R.rotamers(st)
+    after = rotamers(st)
     assert after.n_incomplete == before.n_incomplete + 1
     assert after.n_residues == before.n_residues - 1
     empty = gemmi.Structure()
@@ -278,16 +298,16 @@ def test_incomplete_side_chains_and_non_protein_residues_are_skipped():
     dna.add_residue(nucleotide)
     model.add_chain(dna)
     empty.add_model(model)
-    none = R.rotamers(empty)
+    none = rotamers(empty)
     assert none.n_residues == 0 and none.to_dict()["favored_pct"] == 0.0
 
 
 def test_real_structures_have_plausible_statistics(shared_file):
     # F-actin 3MFP (2010, 6.6 Å cryo-EM/fibre model; no rotamer restraints): many outliers.
-    actin = R.rotamers(read_structure(shared_file("maps/emd_5168_factin/3MFP.pdb")))
+    actin = rotamers(read_structure(shared_file("maps/emd_5168_factin/3MFP.pdb")))
     assert actin.n_residues == 312 and actin.n_incomplete == 0
     assert 70.0 <= actin.favored_pct <= 90.0  # measured 79.81
     assert 5.0 <= actin.outlier_pct <= 20.0  # measured 12.50
     # Spike NTD 6vyb (3.2 Å, refined with modern tools): all favoured.
-    ntd = R.rotamers(read_structure(shared_file("maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb")))
+    ntd = rotamers(read_structure(shared_file("maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb")))
     assert ntd.n_residues == 168 and ntd.favored_pct >= 98.0  # measured 100.00

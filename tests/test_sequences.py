@@ -21,9 +21,7 @@ from cryostack.io.sequences import (
 FACTIN_PDB = "maps/emd_5168_factin/3MFP.pdb"
 
 # Hen egg-white lysozyme: unrelated to actin.
-LYSOZYME = (
-    "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
-)
+LYSOZYME = "KVFGRCELAAAMKRHGLDNYRGYSLGNWVCAAKFESNFNTQATNRNTDGSTDYGILQINSRWWCNDGRTPGSRNLCNIPCSALLSSDITASVNCAKKIVSDGNGMNAWVAWRNRCKGTDVQAWIRGCRL"
 
 
 def write(tmp_path, text, name="seq.fasta"):
@@ -203,4 +201,3 @@ def test_record_spans_unmodelled_loops():
     (hit,) = align_chains_to_fasta(structure, [FastaEntry("spike", full + "GSAAA")])
     assert hit.identity == pytest.approx(100.0) and hit.accepted
     assert hit.cigar.count("I") >= 5  # the record's extra residues sit in the model's breaks
-

@@ -59,8 +59,11 @@ def test_matches_gemmi_density_calculator(atoms, resolution, voxel):
     grid = GridSpec(tuple(n_xyz[::-1]), voxel, grid0.origin)
     b = np.clip(atoms.b_factors, 5, 150)
     ours = simulate_density(
-        torch.tensor(atoms.coords), torch.tensor(atoms.atomic_numbers), grid,
-        resolution_A=resolution, b_factors=torch.tensor(b),
+        torch.tensor(atoms.coords),
+        torch.tensor(atoms.atomic_numbers),
+        grid,
+        resolution_A=resolution,
+        b_factors=torch.tensor(b),
     ).numpy()
     ref = _gemmi_map(atoms, grid, resolution, b)
     assert correlation(ours, ref) >= 0.99

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryostack.chem.residues import main_chain_mask
 from cryostack.data import degradations as dg
 from cryostack.data.synthetic import (
     ATOM37,
@@ -21,11 +22,11 @@ from cryostack.data.synthetic import (
     simulate_item,
 )
 from cryostack.density.fourier import apply_bfactor, frequency_squared
+from cryostack.density.fsc import fsc_curve, fsc_resolution
 from cryostack.density.metrics import correlation
 from cryostack.density.simulate import simulate_density
 from cryostack.io.maps import DensityMap, GridSpec
 from cryostack.io.models import read_structure
-from cryostack.validate.mapfit import fsc_curve, fsc_resolution
 
 ROOT = Path(__file__).resolve().parents[1]
 PDB_1OZ7 = ROOT / "tests" / "data" / "reference" / "1OZ7_promod.pdb.gz"
@@ -112,30 +113,51 @@ def test_postprocess_filter_keeps_low_frequencies_and_rolls_off_to_floor():
 # -- atom-level degradations ------------------------------------------------------------------
 def test_perturbed_bfactors_are_positive_coherent_and_higher_on_side_chains(atoms):
     rng = np.random.default_rng(0)
-    b = dg.perturb_bfactors(atoms.residue_index, atoms.is_backbone, rng, global_b_A2=40.0,
-                            residue_sd_A2=10.0, sidechain_extra_A2=15.0, atom_sd_A2=2.0)
+    b = dg.perturb_bfactors(
+        atoms.residue_index,
+        main_chain_mask(atoms),
+        rng,
+        global_b_A2=40.0,
+        residue_sd_A2=10.0,
+        sidechain_extra_A2=15.0,
+        atom_sd_A2=2.0,
+    )
     assert b.shape == (atoms.n_atoms,) and b.min() >= 0
-    assert b[~atoms.is_backbone].mean() - b[atoms.is_backbone].mean() == pytest.approx(15.0, abs=3.0)
+    assert b[~main_chain_mask(atoms)].mean() - b[main_chain_mask(atoms)].mean() == pytest.approx(15.0, abs=3.0)
     per_res = np.bincount(atoms.residue_index, weights=b) / np.bincount(atoms.residue_index)
     # smoothed along the chain: neighbouring residues agree far better than random pairs
     assert np.corrcoef(per_res[:-1], per_res[1:])[0, 1] > 0.7
-    again = dg.perturb_bfactors(atoms.residue_index, atoms.is_backbone, np.random.default_rng(0), global_b_A2=40.0,
-                                residue_sd_A2=10.0, sidechain_extra_A2=15.0, atom_sd_A2=2.0)
+    again = dg.perturb_bfactors(
+        atoms.residue_index,
+        main_chain_mask(atoms),
+        np.random.default_rng(0),
+        global_b_A2=40.0,
+        residue_sd_A2=10.0,
+        sidechain_extra_A2=15.0,
+        atom_sd_A2=2.0,
+    )
     assert np.array_equal(b, again)
 
 
 def test_missing_density_weakens_segments_within_one_chain_and_side_chains(atoms):
     names = np.asarray(atoms.atom_names)
-    side = ~atoms.is_backbone & (names != "CB")
-    w = dg.missing_density_weights(atoms.residue_index, atoms.residue_chain, side, np.random.default_rng(4),
-                                   n_segments=2, segment_length=(6, 6), sidechain_fraction=0.2,
-                                   weight_range=(0.0, 0.3))
+    side = ~main_chain_mask(atoms) & (names != "CB")
+    w = dg.missing_density_weights(
+        atoms.residue_index,
+        atoms.residue_chain,
+        side,
+        np.random.default_rng(4),
+        n_segments=2,
+        segment_length=(6, 6),
+        sidechain_fraction=0.2,
+        weight_range=(0.0, 0.3),
+    )
     assert w.shape == (atoms.n_atoms,) and w.min() >= 0 and w.max() <= 1
     weak = w < 1
     assert weak.any()
     # backbone atoms are only weakened inside whole loop segments: every such residue lies in
     # at most two runs of ≤ 6 residues in a single chain each
-    weak_bb_res = np.unique(atoms.residue_index[weak & atoms.is_backbone])
+    weak_bb_res = np.unique(atoms.residue_index[weak & main_chain_mask(atoms)])
     assert 0 < len(weak_bb_res) <= 12
     runs = np.split(weak_bb_res, np.flatnonzero(np.diff(weak_bb_res) > 1) + 1)
     assert all(len(set(atoms.residue_chain[r])) == 1 for r in runs)
@@ -174,8 +196,9 @@ def test_bfactor_field_blur_matches_global_blur_where_field_is_at_its_levels(ato
 
 def test_micelle_belt_is_a_ring_around_the_axis():
     grid = GridSpec((60, 60, 60), (1.0, 1.0, 1.0), (-30.0, -30.0, -30.0))
-    belt = dg.micelle_belt(grid, np.zeros(3), np.array([0.0, 0.0, 1.0]), inner_radius_A=12.0, thickness_A=10.0,
-                           height_A=20.0, edge_A=1.0)
+    belt = dg.micelle_belt(
+        grid, np.zeros(3), np.array([0.0, 0.0, 1.0]), inner_radius_A=12.0, thickness_A=10.0, height_A=20.0, edge_A=1.0
+    )
 
     def at(x, y, z):
         k, j, i = np.rint(grid.angstrom_to_voxel(np.array([x, y, z]))).astype(int)
@@ -225,8 +248,15 @@ def test_item_is_deterministic_and_differs_between_indices(atoms):
 
 
 def test_item_maps_models_and_units(atoms):
-    cfg = SimulationConfig(**SMALL, ligand_prob=1.0, missing_density_prob=1.0, local_resolution_prob=1.0,
-                           soft_mask_prob=0.0, hard_mask_prob=0.0, box_edge_prob=0.0)
+    cfg = SimulationConfig(
+        **SMALL,
+        ligand_prob=1.0,
+        missing_density_prob=1.0,
+        local_resolution_prob=1.0,
+        soft_mask_prob=0.0,
+        hard_mask_prob=0.0,
+        box_edge_prob=0.0,
+    )
     item = simulate_item(atoms, cfg, item_seed(0, 3))
     m, t = item.input_map, item.target_map
     assert m.shape == t.shape == (32, 32, 32)

@@ -15,14 +15,25 @@ from cryostack.io.models import read_structure
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "cryostack.cli.main", "validate", *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cryostack.cli.main", "validate", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_validate_map_and_model_writes_report_json_plots(tmp_path):
     out = tmp_path / "v.json"
-    r = run("--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2",
-            "--json", str(out), "--plots", str(tmp_path / "plots"))
+    r = run(
+        "--model",
+        str(SPIKE_NTD_MODEL),
+        "--map",
+        str(SPIKE_NTD_MAP),
+        "--resolution",
+        "3.2",
+        "--json",
+        str(out),
+        "--plots",
+        str(tmp_path / "plots"),
+    )
     assert r.returncode == 0, r.stderr
     assert "CC_mask" in r.stdout and "Ramachandran" in r.stdout and "heavy-atom" in r.stdout
     d = json.loads(out.read_text())
@@ -83,7 +94,9 @@ def _one_line_error(r, *words):
 def test_bad_outputs_are_refused_before_any_work(tmp_path):
     existing = tmp_path / "plots.png"
     existing.write_bytes(b"not a folder")
-    r = run("--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2", "--plots", str(existing))
+    r = run(
+        "--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2", "--plots", str(existing)
+    )
     _one_line_error(r, "--plots", "existing file")
     assert r.stdout == "" and existing.read_bytes() == b"not a folder"
     r = run("--model", str(SPIKE_NTD_MODEL), "--json", str(tmp_path))
@@ -99,8 +112,17 @@ def test_mismatched_reference_and_half_maps_are_clear_errors(tmp_path):
     small = tmp_path / "half.mrc"
     dmap = read_map(SPIKE_NTD_MAP)
     write_map(dmap.with_data(dmap.data[:-2], source=None), small)
-    r = run("--model", str(SPIKE_NTD_MODEL), "--map", str(SPIKE_NTD_MAP), "--resolution", "3.2",
-            "--half-maps", str(small), str(SPIKE_NTD_MAP))
+    r = run(
+        "--model",
+        str(SPIKE_NTD_MODEL),
+        "--map",
+        str(SPIKE_NTD_MAP),
+        "--resolution",
+        "3.2",
+        "--half-maps",
+        str(small),
+        str(SPIKE_NTD_MAP),
+    )
     _one_line_error(r, "half map grid")
 
 

@@ -41,7 +41,9 @@ def _result(name: str, shared_file):
     """The full validation (with Q-score) of pair ``name``, computed once per session."""
     model_rel, map_rel, res = PAIRS[name]
     if name not in _cache:
-        _cache[name] = validate(shared_file(f"maps/{model_rel}"), density=shared_file(f"maps/{map_rel}"), resolution_A=res)
+        _cache[name] = validate(
+            shared_file(f"maps/{model_rel}"), density=shared_file(f"maps/{map_rel}"), resolution_A=res
+        )
     return _cache[name]
 
 
@@ -114,4 +116,3 @@ def test_shifted_model_fits_worse(shared_file):
     moved = st.with_coordinates(st.atoms().coords + np.array([3.0, 0.0, 0.0]))
     bad = validate(moved, density=map_path, resolution_A=res, compute_q=False).map_model
     assert good.cc_mask > bad.cc_mask + 0.15 and good.cc_mc > bad.cc_mc + 0.15
-

@@ -9,13 +9,25 @@ import typer
 
 def corpus(
     out: Path = typer.Option(..., "--out", help="Corpus directory (created; an unfinished export there is resumed)."),
-    source: str = typer.Option("promod3", "--source", help="'promod3' (ProMod3 StructureDB) or a directory of PDB/mmCIF files."),
-    sidechains: str = typer.Option("none", "--sidechains", help="Full-atom chains: none, all, a number N (random, --seed) or a file of 'PDBID [CHAIN]' lines."),
-    rotamer_model: str = typer.Option("frm", "--rotamer-model", help="ProMod3 side-chain model: frm (default, accurate) or rrm (about 15x faster)."),
+    source: str = typer.Option(
+        "promod3", "--source", help="'promod3' (ProMod3 StructureDB) or a directory of PDB/mmCIF files."
+    ),
+    sidechains: str = typer.Option(
+        "none",
+        "--sidechains",
+        help="Full-atom chains: none, all, a number N (random, --seed) or a file of 'PDBID [CHAIN]' lines.",
+    ),
+    rotamer_model: str = typer.Option(
+        "frm", "--rotamer-model", help="ProMod3 side-chain model: frm (default, accurate) or rrm (about 15x faster)."
+    ),
     workers: int = typer.Option(2, "--workers", help="Parallel processes."),
     seed: int = typer.Option(0, "--seed", help="Seed for --limit, --sidechains N and the split assignment."),
-    limit: int | None = typer.Option(None, "--limit", help="At most this many chains (whole entries; for a directory: files)."),
-    entries: Path | None = typer.Option(None, "--entries", help="File of PDB ids (or file names), one a line: export only these entries."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="At most this many chains (whole entries; for a directory: files)."
+    ),
+    entries: Path | None = typer.Option(
+        None, "--entries", help="File of PDB ids (or file names), one a line: export only these entries."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Export a training corpus (backbone N/CA/C/O/CB in Å, optional side chains) with train/val/test splits."""
@@ -26,7 +38,9 @@ def corpus(
     if entries is not None:
         if not entries.is_file():
             raise InputError(entries, "file not found")
-        wanted = [line.split()[0] for line in entries.read_text().splitlines() if line.split() and not line.startswith("#")]
+        wanted = [
+            line.split()[0] for line in entries.read_text().splitlines() if line.split() and not line.startswith("#")
+        ]
 
     result = export_corpus(
         out, source=source, sidechains=sidechains, workers=workers, seed=seed, limit=limit,

@@ -23,7 +23,9 @@ def file_kind(path: Path) -> str:
         return "map"
     if last in MODEL_SUFFIXES:
         return "model"
-    raise InputError(path, f"unknown file type {last or '(no extension)'!r}; expected a map (.mrc/.map/.ccp4) or a model (.pdb/.cif)")
+    raise InputError(
+        path, f"unknown file type {last or '(no extension)'!r}; expected a map (.mrc/.map/.ccp4) or a model (.pdb/.cif)"
+    )
 
 
 def _fmt(v) -> str:
@@ -61,4 +63,6 @@ def info(
     for chain in summary.get("chain_details", []):
         seq = chain["sequence"]
         seq = seq if len(seq) <= 70 else seq[:67] + "..."
-        console.print(f"chain {chain['chain']}: {chain['residues']} residues, {chain['polymer_type']}  {seq}", highlight=False)
+        console.print(
+            f"chain {chain['chain']}: {chain['residues']} residues, {chain['polymer_type']}  {seq}", highlight=False
+        )

@@ -1,4 +1,7 @@
-"""``cryostack``: the command-line entry point. Each command lives in its own module."""
+"""``cryostack``: the command-line entry point. Each command lives in its own module.
+
+Exit codes: 0 ok, 1 bug (a traceback), 2 bad input (one line), 130 interrupted (one line).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from cryostack.errors import InputError
+from cryostack.errors import CryostackError
 
 app = typer.Typer(
     name="cryostack",
@@ -19,7 +22,6 @@ app = typer.Typer(
 
 # Groups for the tools that build on the core; their commands arrive with each tool.
 GROUPS = {
-    "particles": "Particle ranking, subset selection and reconstruction.",
     "enhance": "Map enhancement for 4–8 Å maps.",
     "build": "Atomic model building from a map and a sequence.",
 }
@@ -29,11 +31,22 @@ for _name, _help in GROUPS.items():
 
 def _register_groups() -> None:
     from cryostack.cli.data import data_app
+    from cryostack.cli.particles import particles_app
+    from cryostack.cli.train import train_app
 
     app.add_typer(data_app, name="data")
+    app.add_typer(particles_app, name="particles")
+    app.add_typer(train_app, name="train")
 
 
-_register_groups()
+def _register_all() -> None:
+    if not _registered:
+        _register_groups()
+        _register()
+        _registered.append(True)
+
+
+_registered: list[bool] = []
 
 
 def _register() -> None:
@@ -46,28 +59,39 @@ def _register() -> None:
     app.command("refine")(refine.refine)
 
 
-_register()
-
 err_console = Console(stderr=True)
+INTERRUPTED = "interrupted: nothing partial was written; resumable commands continue where they stopped when rerun"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; input problems print one line and exit with status 2."""
+    """Run the CLI; input problems print one line and exit with status 2, Ctrl-C exits 130."""
     try:
-        app(args=argv, standalone_mode=False)
-    except InputError as exc:
+        # Commands are registered here, inside the try, so Ctrl-C during start-up is handled too.
+        _register_all()
+        # Without standalone mode typer returns an exit code instead of raising for some exits:
+        # Ctrl-C comes back as 130 (ignoring it made interrupted runs exit 0).
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                err_console.print(INTERRUPTED, soft_wrap=True)
+            sys.exit(code)
+    except CryostackError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print(INTERRUPTED, soft_wrap=True)
+        sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
+    except typer.Abort:  # click turns Ctrl-C into Abort
+        err_console.print(INTERRUPTED, soft_wrap=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors
         # Duck-typed: typer ≥ 0.29 vendors click (typer._click), so `import click` may fail.
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise
 
 

@@ -6,28 +6,32 @@ from pathlib import Path
 
 import typer
 
+from cryostack.cli.options import DEVICE, RESOLUTION_REQUIRED, check_device
 from cryostack.errors import InputError
 
 
 def simulate_map(
     model: Path = typer.Option(..., "--model", help="Atomic model (.pdb or .cif)."),
-    resolution: float = typer.Option(..., "--resolution", help="Resolution in Å (sets the Gaussian blur, B = 4 d²)."),
+    resolution: float = RESOLUTION_REQUIRED,
     out: Path = typer.Option(..., "--out", help="Output map (.mrc, .map; .gz to compress)."),
-    like: Path | None = typer.Option(None, "--like", help="Simulate on this map's grid (shape, voxel size, origin, axis order)."),
+    like: Path | None = typer.Option(
+        None, "--like", help="Simulate on this map's grid (shape, voxel size, origin, axis order)."
+    ),
     voxel_size: float | None = typer.Option(None, "--voxel-size", help="Voxel size in Å for a box around the model."),
     margin: float = typer.Option(5.0, "--margin", help="Margin around the model in Å (with --voxel-size)."),
     no_bfactors: bool = typer.Option(False, "--no-bfactors", help="Ignore the model's B-factors."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = DEVICE,
 ) -> None:
     """Simulate a map from an atomic model."""
+    from cryostack.density.resolution import check_resolution
     from cryostack.density.simulate import grid_around_atoms, simulate_model_map
     from cryostack.io.maps import DensityMap, read_map, write_map
     from cryostack.io.models import read_structure
 
     if (like is None) == (voxel_size is None):
         raise InputError(None, "give exactly one of --like MAP or --voxel-size V")
-    if not (0.5 <= resolution <= 100.0):
-        raise InputError(None, f"--resolution {resolution} Å is outside the sensible range 0.5–100 Å")
+    check_resolution(resolution)
+    check_device(device)
     if voxel_size is not None and voxel_size <= 0:
         raise InputError(None, f"--voxel-size must be positive, got {voxel_size}")
     structure = read_structure(model)
@@ -36,6 +40,7 @@ def simulate_map(
         grid = template.grid
     else:
         template = None
+        assert voxel_size is not None  # exactly one of like / voxel_size is given (checked above)
         grid = grid_around_atoms(structure.atoms().coords, voxel_size, margin)
     data = simulate_model_map(structure, grid, resolution, use_b_factors=not no_bfactors, device=device)
     if template is not None:
@@ -43,6 +48,8 @@ def simulate_map(
     else:
         result = DensityMap(data=data, voxel_size=grid.voxel_size, origin=grid.origin)
         n = [round(o / v) for o, v in zip(grid.origin, grid.voxel_size)]
-        result.nstart = tuple(n)  # the grid origin is snapped to the lattice, so NSTART is exact
+        result.nstart = (n[0], n[1], n[2])  # the grid origin is snapped to the lattice, so NSTART is exact
     write_map(result, out, protect=(model,) + ((like,) if like else ()))
-    typer.echo(f"wrote {out}: {data.shape[::-1]} voxels (x, y, z) at {grid.voxel_size[0]:.3f} Å, resolution {resolution} Å")
+    typer.echo(
+        f"wrote {out}: {data.shape[::-1]} voxels (x, y, z) at {grid.voxel_size[0]:.3f} Å, resolution {resolution} Å"
+    )

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import typer
 
+from cryostack.cli.options import JSON_OUT, RESOLUTION
 from cryostack.errors import InputError
 
 
 def validate(
     model: Path = typer.Option(..., "--model", help="Model to validate (.pdb or .cif)."),
     map_path: Path | None = typer.Option(None, "--map", help="Map to fit against."),
-    resolution: float | None = typer.Option(None, "--resolution", help="Map resolution in Å (needed with --map)."),
-    half_maps: tuple[Path, Path] | None = typer.Option(None, "--half-maps", help="Two half maps (FSC and its 0.143 resolution)."),
+    resolution: float | None = RESOLUTION,
+    half_maps: tuple[Path, Path] | None = typer.Option(
+        None, "--half-maps", help="Two half maps (FSC and its 0.143 resolution)."
+    ),
     reference: Path | None = typer.Option(None, "--reference", help="Reference model (TM-score, lDDT, DockQ, ...)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write every number as JSON here."),
+    json_out: Path | None = JSON_OUT,
     plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
     no_q: bool = typer.Option(False, "--no-q-score", help="Skip the Q-score (faster)."),
 ) -> None:
@@ -40,8 +43,15 @@ def validate(
     console = Console(stderr=True)
     with console.status("validating") as status:
         stages = Stages(on_start=lambda name: status.update(f"validating: {name}"))
-        result = run_validate(model, density=map_path, resolution_A=resolution, half_maps=half_maps,
-                              reference=reference, compute_q=not no_q, stages=stages)
+        result = run_validate(
+            model,
+            density=map_path,
+            resolution_A=resolution,
+            half_maps=half_maps,
+            reference=reference,
+            compute_q=not no_q,
+            stages=stages,
+        )
         if plots is not None:
             status.update("validating: plots")
             write_plots(result, plots)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _shardio import write_npz  # noqa: E402
 
-_DB = {}
-_LIB = {}
+_DB: dict[str, Any] = {}
+_LIB: dict[str, Any] = {}
 
 
 def _db(path):

@@ -36,13 +36,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gemmi
 import numpy as np
 
 from cryostack.data._shardio import is_valid_npz, read_npz, sha256, write_npz
 from cryostack.data.splits import SPLITS, SplitConfig, make_splits, write_json
-from cryostack.errors import InputError
+from cryostack.errors import DataAccessError, InputError
 from cryostack.io.models import Structure
 
 CORPUS_FORMAT = "cryostack-corpus"
@@ -63,7 +64,7 @@ _TSV_COLUMNS = (
 )  # fmt: skip
 
 
-class TestSplitAccessError(PermissionError):
+class TestSplitAccessError(DataAccessError):
     """A test-split chain was requested without ``allow_test=True``."""
 
     __test__ = False  # not a pytest class
@@ -152,7 +153,10 @@ class Corpus:
         meta_path = self.root / "corpus.json"
         if not meta_path.is_file():
             if (self.root / "export_options.json").is_file():
-                raise InputError(self.root, "corpus export is not finished; rerun `cryostack data corpus` with the same options to resume")
+                raise InputError(
+                    self.root,
+                    "corpus export is not finished; rerun `cryostack data corpus` with the same options to resume",
+                )
             raise InputError(self.root, "not a cryostack corpus (no corpus.json)")
         try:
             self.info = json.loads(meta_path.read_text())
@@ -161,12 +165,21 @@ class Corpus:
         if self.info.get("format") != CORPUS_FORMAT:
             raise InputError(meta_path, f"format is {self.info.get('format')!r}, expected {CORPUS_FORMAT!r}")
         if self.info.get("version") != CORPUS_VERSION:
-            raise InputError(meta_path, f"corpus version {self.info.get('version')} is not supported (expected {CORPUS_VERSION}); re-export it")
+            raise InputError(
+                meta_path,
+                f"corpus version {self.info.get('version')} is not supported (expected {CORPUS_VERSION}); re-export it",
+            )
         if self.info.get("status") != "complete":
-            raise InputError(self.root, "corpus export is not finished; rerun `cryostack data corpus` with the same options to resume")
+            raise InputError(
+                self.root,
+                "corpus export is not finished; rerun `cryostack data corpus` with the same options to resume",
+            )
         self._rows = _read_tsv(self.root / "chains.tsv")
         if len(self._rows) != self.info.get("n_chains"):
-            raise InputError(self.root / "chains.tsv", f"{len(self._rows)} chains listed, corpus.json says {self.info.get('n_chains')}")
+            raise InputError(
+                self.root / "chains.tsv",
+                f"{len(self._rows)} chains listed, corpus.json says {self.info.get('n_chains')}",
+            )
         self._split = np.array([r["split"] for r in self._rows])
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._cache_size = cache_shards
@@ -219,9 +232,11 @@ class Corpus:
     def split_indices(self, split: str, *, allow_test: bool = False) -> np.ndarray:
         """Chain indices of ``split`` ("train", "val" or "test"), ascending."""
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise InputError(None, f"unknown split {split!r}; expected one of {SPLITS}")
         if split == "test" and not allow_test:
-            raise TestSplitAccessError("the test split is held out for final evaluation; pass allow_test=True only in evaluation code")
+            raise TestSplitAccessError(
+                "the test split is held out for final evaluation; pass allow_test=True only in evaluation code"
+            )
         return np.flatnonzero(self._split == split)
 
     def chain(self, i: int, *, allow_test: bool = False) -> ChainRecord:
@@ -232,7 +247,9 @@ class Corpus:
         row = self._rows[i]
         if row["split"] == "test":
             if not allow_test:
-                raise TestSplitAccessError(f"chain {i} ({row['pdb_id']} {row['chain_id']}) is in the held-out test split")
+                raise TestSplitAccessError(
+                    f"chain {i} ({row['pdb_id']} {row['chain_id']}) is in the held-out test split"
+                )
             self.test_reads += 1
         bb = self._shard("backbone", row["bb_shard"])
         c = row["bb_offset"]
@@ -341,9 +358,9 @@ def export_corpus(
     out = Path(out)
     workers = max(1, int(workers))
     if limit is not None and limit < 1:
-        raise InputError(None, f"--limit must be at least 1, got {limit}")
+        raise InputError(None, f"limit must be at least 1, got {limit}")
     if rotamer_model not in ("frm", "rrm"):
-        raise InputError(None, f"--rotamer-model must be frm or rrm, got {rotamer_model!r}")
+        raise InputError(None, f"rotamer_model must be frm or rrm, got {rotamer_model!r}")
     split_cfg = split_config or SplitConfig(seed=seed)
     src = str(source)
     if src != "promod3":
@@ -355,7 +372,15 @@ def export_corpus(
         src = str(src_path.resolve())
     sc_spec = _sidechain_spec(sidechains)
     wanted = sorted({e.strip().upper() for e in entries if e.strip()}) if entries else None
-    opts = _Options(source=src, sidechains=sc_spec, seed=int(seed), limit=limit, rotamer_model=rotamer_model, split=_split_params(split_cfg), entries=wanted)
+    opts = _Options(
+        source=src,
+        sidechains=sc_spec,
+        seed=int(seed),
+        limit=limit,
+        rotamer_model=rotamer_model,
+        split=_split_params(split_cfg),
+        entries=wanted,
+    )
     created = not out.exists()
     try:
         _run_export(out, opts, split_cfg, workers, progress, structure_db)
@@ -370,7 +395,7 @@ def _run_export(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int,
     src = opts.source
     _claim_output(out, opts)
     reporter = _Progress(progress)
-    t0 = datetime.datetime.now(datetime.timezone.utc)
+    t0 = datetime.datetime.now(datetime.UTC)
     was_complete = (out / "corpus.json").is_file()
     old_handler = None
     if threading.current_thread() is threading.main_thread():
@@ -410,7 +435,9 @@ def _sidechain_spec(sidechains) -> str:
         return s
     path = Path(s)
     if not path.is_file():
-        raise InputError(path, "--sidechains must be none, all, a number of chains or a file of PDB ids / 'PDBID CHAIN' lines")
+        raise InputError(
+            path, "sidechains must be none, all, a number of chains or a file of PDB ids / 'PDBID CHAIN' lines"
+        )
     return "ids:" + path.read_text()
 
 
@@ -423,7 +450,9 @@ def _claim_output(out: Path, opts: _Options) -> None:
             raise InputError(out, "output exists and is not a directory")
         if opts_file.is_file():
             if json.dumps(json.loads(opts_file.read_text()), sort_keys=True) != wanted:
-                raise InputError(out, "holds a corpus exported with other options; choose another --out or remove it")
+                raise InputError(
+                    out, "holds a corpus exported with other options; choose another output folder or remove it"
+                )
             for tmp in list(out.glob("*/.*.tmp")) + list(out.glob(".*.tmp")):
                 tmp.unlink()  # left by an interrupted write
             return
@@ -442,9 +471,22 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             self._bar.__enter__()
         return self
 
@@ -472,7 +514,9 @@ class _WorkerPool:
 
     def __init__(self, n: int):
         if not promod3_available():
-            raise InputError(None, f"ProMod3 is not available in {SYSTEM_PYTHON} (Debian packages python3-promod3, promod3-data)")
+            raise InputError(
+                None, f"ProMod3 is not available in {SYSTEM_PYTHON} (Debian packages python3-promod3, promod3-data)"
+            )
         self.n = n
         self.procs: list[subprocess.Popen] = []
 
@@ -480,7 +524,11 @@ class _WorkerPool:
         while len(self.procs) <= k:
             self.procs.append(
                 subprocess.Popen(
-                    [SYSTEM_PYTHON, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                    [SYSTEM_PYTHON, str(WORKER)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    bufsize=1,
                     env={**os.environ, "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"},
                 )  # fmt: skip
             )
@@ -489,6 +537,7 @@ class _WorkerPool:
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
+                assert p.stdin is not None  # every worker is started with stdin=PIPE
                 p.stdin.close()
         for p in self.procs:
             try:
@@ -540,11 +589,11 @@ class _WorkerPool:
 
         threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in procs]
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            for th in threads:
+                th.start()
+            for th in threads:
+                while th.is_alive():
+                    th.join(0.2)
         except KeyboardInterrupt:
             errors.append("interrupted")
             raise
@@ -626,11 +675,15 @@ def _export_structure_db_with(out: Path, opts: _Options, db: Path, pool: _Worker
     rows = json.loads(listing.read_text())
     chosen = _select_entries([r["pdb_id"] for r in rows], opts.limit, opts.seed, opts.entries)
     src_index = [rows[i]["index"] for i in chosen]
-    plan_bb = [src_index[k : k + CHAINS_PER_BACKBONE_SHARD] for k in range(0, len(src_index), CHAINS_PER_BACKBONE_SHARD)]
+    plan_bb = [
+        src_index[k : k + CHAINS_PER_BACKBONE_SHARD] for k in range(0, len(src_index), CHAINS_PER_BACKBONE_SHARD)
+    ]
     keys = [(rows[i]["pdb_id"], rows[i]["chain_id"]) for i in chosen]
     sc_mask = _select_sidechains(opts.sidechains, keys, opts.seed)
     sc_index = [s for s, m in zip(src_index, sc_mask) if m]
-    plan_sc = [sc_index[k : k + CHAINS_PER_SIDECHAIN_SHARD] for k in range(0, len(sc_index), CHAINS_PER_SIDECHAIN_SHARD)]
+    plan_sc = [
+        sc_index[k : k + CHAINS_PER_SIDECHAIN_SHARD] for k in range(0, len(sc_index), CHAINS_PER_SIDECHAIN_SHARD)
+    ]
     write_json(out / "plan.json", {"backbone": plan_bb, "sidechains": plan_sc})
 
     for kind, plan, required, desc in (
@@ -645,11 +698,13 @@ def _export_structure_db_with(out: Path, opts: _Options, db: Path, pool: _Worker
             if is_valid_npz(path, required):
                 done += len(idx)
                 continue
-            tasks.append({"op": kind, "db": str(db), "indices": idx, "out": str(path), "rotamer_model": opts.rotamer_model})
+            tasks.append(
+                {"op": kind, "db": str(db), "indices": idx, "out": str(path), "rotamer_model": opts.rotamer_model}
+            )
         bar = reporter.task(f"{desc:<22}", total=sum(map(len, plan)), completed=done)
         if tasks:
             (out / kind).mkdir(exist_ok=True)
-            pool.run(tasks, lambda n, bar=bar: reporter.advance(bar, n))
+            pool.run(tasks, functools.partial(reporter.advance, bar))
 
 
 def _shard_name(kind: str, k: int) -> str:
@@ -680,7 +735,10 @@ def read_model_chains(path: Path, min_length: int = 5) -> list[dict]:
     chains = []
     for chain in st[0]:
         polymer = chain.get_polymer()
-        if len(polymer) < min_length or polymer.check_polymer_type() not in (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD):
+        if len(polymer) < min_length or polymer.check_polymer_type() not in (
+            gemmi.PolymerType.PeptideL,
+            gemmi.PolymerType.PeptideD,
+        ):
             continue
         n = len(polymer)
         bb = np.full((n, 5, 3), np.nan, dtype=np.float32)
@@ -699,14 +757,24 @@ def read_model_chains(path: Path, min_length: int = 5) -> list[dict]:
                 if atom.name in BACKBONE_ATOMS:
                     bb[r, BACKBONE_ATOMS.index(atom.name)] = (p.x, p.y, p.z)
                 atoms.append((r, atom.name, atom.element.name, (p.x, p.y, p.z)))
-        chains.append({"chain_id": chain.name, "sequence": "".join(seq), "backbone": bb, "resnum": resnum, "atoms": atoms})
+        chains.append(
+            {"chain_id": chain.name, "sequence": "".join(seq), "backbone": bb, "resnum": resnum, "atoms": atoms}
+        )
     return chains
 
 
 def _ingest_user_shard(files: list[str], bb_out: str, sc_out: str, sc_files: list[bool], use_dssp: bool) -> int:
     """Read ``files`` → one backbone shard (and a side-chain shard); returns chains written."""
     ids, chains, starts, offsets, coords, seqs, resnums = [], [], [], [0], [], [], []
-    sc = {"pdb_id": [], "chain_id": [], "atom_offset": [0], "coords": [], "atom_name": [], "element": [], "residue": []}
+    sc: dict[str, list[Any]] = {
+        "pdb_id": [],
+        "chain_id": [],
+        "atom_offset": [0],
+        "coords": [],
+        "atom_name": [],
+        "element": [],
+        "residue": [],
+    }
     for f, want_sc in zip(files, sc_files):
         entry = _entry_name(Path(f))
         for ch in read_model_chains(Path(f)):
@@ -795,7 +863,9 @@ def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progres
     use_dssp = promod3_available() or Path(SYSTEM_PYTHON).exists() and _ost_available()
     if not use_dssp:
         reporter.log("OpenStructure (system Python) not found: DSSP states of user chains are stored as '-'")
-    plan = [list(range(k, min(k + FILES_PER_USER_SHARD, len(files)))) for k in range(0, len(files), FILES_PER_USER_SHARD)]
+    plan = [
+        list(range(k, min(k + FILES_PER_USER_SHARD, len(files)))) for k in range(0, len(files), FILES_PER_USER_SHARD)
+    ]
     write_json(out / "plan.json", {"files": [str(f) for f in files], "shards": plan})
     (out / "backbone").mkdir(exist_ok=True)
     (out / "sidechains").mkdir(exist_ok=True)
@@ -810,7 +880,13 @@ def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progres
     if not todo:
         return
     args = [
-        ([str(files[i]) for i in idx], str(out / "backbone" / _shard_name("backbone", k)), str(out / "sidechains" / _shard_name("sidechains", k)), [bool(sc_mask[i]) for i in idx], use_dssp)
+        (
+            [str(files[i]) for i in idx],
+            str(out / "backbone" / _shard_name("backbone", k)),
+            str(out / "sidechains" / _shard_name("sidechains", k)),
+            [bool(sc_mask[i]) for i in idx],
+            use_dssp,
+        )
         for k, idx in todo
     ]
     if workers == 1 or len(args) == 1:
@@ -837,7 +913,7 @@ def _ost_available() -> bool:
 def _finalise(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, reporter: _Progress, t0) -> None:
     bb_files = sorted((out / "backbone").glob("bb_*.npz"))
     sc_files = sorted((out / "sidechains").glob("sc_*.npz")) if (out / "sidechains").is_dir() else []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in bb_files:
         z = read_npz(f)
         off = z["residue_offset"]
@@ -890,13 +966,16 @@ def _finalise(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, r
             w = csv.DictWriter(fh, fieldnames=_TSV_COLUMNS, delimiter="\t", lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-    split_counts = {s: {"chains": labels.count(s), "entries": len({r["pdb_id"] for r in rows if r["split"] == s})} for s in SPLITS}
+    split_counts = {
+        s: {"chains": labels.count(s), "entries": len({r["pdb_id"] for r in rows if r["split"] == s})} for s in SPLITS
+    }
     info = {
         "format": CORPUS_FORMAT,
         "version": CORPUS_VERSION,
         "status": "complete",
         "source": "ProMod3 StructureDB " + str(STRUCTURE_DB) if opts.source == "promod3" else opts.source,
-        "options": opts.__dict__ | {"sidechains": opts.sidechains if not opts.sidechains.startswith("ids:") else "ids-file"},
+        "options": opts.__dict__
+        | {"sidechains": opts.sidechains if not opts.sidechains.startswith("ids:") else "ids-file"},
         "n_chains": len(rows),
         "n_entries": len({r["pdb_id"] for r in rows}),
         "n_residues": int(sum(r["length"] for r in rows)),
@@ -932,8 +1011,12 @@ def _runs(out: Path) -> list[dict]:
 
 
 def _run_record(t0, workers: int) -> dict:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return {"started_utc": t0.strftime("%Y-%m-%dT%H:%M:%SZ"), "wall_time_s": round((now - t0).total_seconds(), 1), "workers": workers}
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "started_utc": t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "wall_time_s": round((now - t0).total_seconds(), 1),
+        "workers": workers,
+    }
 
 
 def _git_commit() -> str:
@@ -949,4 +1032,12 @@ def disk_size_bytes(root: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
 
 
-__all__ = ["CORPUS_VERSION", "ChainRecord", "Corpus", "TestSplitAccessError", "export_corpus", "promod3_available", "read_model_chains"]
+__all__ = [
+    "CORPUS_VERSION",
+    "ChainRecord",
+    "Corpus",
+    "TestSplitAccessError",
+    "export_corpus",
+    "promod3_available",
+    "read_model_chains",
+]

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,6 +40,14 @@ class StructureSource(Protocol):
     def __len__(self) -> int: ...
 
     def structure(self, i: int) -> Structure: ...
+
+
+class _SplitSource(StructureSource, Protocol):
+    """A source with splits (e.g. :class:`~cryostack.data.corpus.Corpus`): test structures need ``allow_test``."""
+
+    def split_indices(self, split: str, *, allow_test: bool = False) -> np.ndarray: ...
+
+    def structure(self, i: int, *, allow_test: bool = False) -> Structure: ...
 
 
 class StructureListSource:
@@ -249,8 +257,8 @@ class SimulatedMapDataset(Dataset):
     def structure(self, i: int) -> Structure:
         """The source structure behind item ``i``."""
         j = self.structure_index(i)
-        if self.allow_test:
-            return self.source.structure(j, allow_test=True)
+        if self.allow_test:  # only for split="test", which select_indices allows only for a source with splits
+            return cast(_SplitSource, self.source).structure(j, allow_test=True)
         return self.source.structure(j)
 
     def generate(self, i: int) -> SimulatedItem:

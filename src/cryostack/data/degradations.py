@@ -23,7 +23,8 @@ FSC_THRESHOLD = 0.143
 
 
 def _vox3(voxel_size_A) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), 3))
+    vx, vy, vz = np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), 3)
+    return (float(vx), float(vy), float(vz))
 
 
 def _as_map(data: np.ndarray, voxel_size_A) -> DensityMap:
@@ -147,7 +148,7 @@ def ligand_pseudo_atoms(
             outward = anchor - local.mean(axis=0)
         outward /= max(np.linalg.norm(outward), 1e-6)
         pos = anchor + outward * (clearance_A + bond_length_A)
-        walk = []
+        walk: list[np.ndarray] = []
         for _step in range(n_atoms):
             placed = False
             for _try in range(max_tries):
@@ -192,7 +193,7 @@ def noise_amplitude(s_per_A: np.ndarray, noise_bfactor_A2: float, resolution_A: 
 
 
 def coloured_noise(
-    shape_zyx: tuple[int, int, int],
+    shape_zyx: tuple[int, ...],
     voxel_size_A,
     rng: np.random.Generator,
     *,
@@ -353,7 +354,7 @@ def micelle_belt(
     axis = np.asarray(axis, dtype=np.float64)
     axis = axis / np.linalg.norm(axis)
     idx = np.indices(grid.shape).reshape(3, -1).T
-    xyz = grid.voxel_to_angstrom(idx) - np.asarray(centre_A, dtype=np.float64)
+    xyz: np.ndarray = grid.voxel_to_angstrom(idx) - np.asarray(centre_A, dtype=np.float64)
     h = xyz @ axis
     r = np.linalg.norm(xyz - h[:, None] * axis[None, :], axis=1)
 

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,8 @@ def mmseqs_search(
     threads: int = 1,
 ) -> list[tuple[str, str, float, int, int, int, float]]:
     """Hits ``(query, target, fident, alnlen, qlen, tlen, evalue)`` of an mmseqs2 search."""
-    with tempfile.TemporaryDirectory(prefix="cryostack-mmseqs-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="cryostack-mmseqs-") as tmp_dir:
+        tmp = Path(tmp_dir)
         _write_fasta(tmp / "q.fasta", list(queries), list(queries.values()))
         if targets is queries:
             tpath = tmp / "q.fasta"
@@ -126,7 +127,9 @@ def is_related(fident: float, alnlen: int, qlen: int, tlen: int, cfg: SplitConfi
     return fident >= cfg.min_identity and long_enough
 
 
-def related_pairs(keys: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1) -> list[tuple[str, str]]:
+def related_pairs(
+    keys: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1
+) -> list[tuple[str, str]]:
     """Pairs of chain keys put together by mmseqs2 clustering of the distinct sequences.
 
     ``mmseqs easy-cluster --min-seq-id min_identity -c min_coverage --cov-mode 0`` (cascaded
@@ -139,8 +142,8 @@ def related_pairs(keys: list[str], sequences: list[str], cfg: SplitConfig, *, th
     unique = {keys[i]: sequences[i] for i in sorted(first_of_seq.values())}
     if len(unique) < 2:
         return []
-    with tempfile.TemporaryDirectory(prefix="cryostack-mmseqs-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="cryostack-mmseqs-") as tmp_dir:
+        tmp = Path(tmp_dir)
         _write_fasta(tmp / "all.fasta", list(unique), list(unique.values()))
         cmd = [
             MMSEQS, "easy-cluster", str(tmp / "all.fasta"), str(tmp / "clu"), str(tmp / "work"),
@@ -158,7 +161,9 @@ def related_pairs(keys: list[str], sequences: list[str], cfg: SplitConfig, *, th
         return pairs
 
 
-def assign_splits(keys: list[str], entries: list[str], sequences: list[str], pairs: list[tuple[str, str]], cfg: SplitConfig) -> tuple[list[str], dict]:
+def assign_splits(
+    keys: list[str], entries: list[str], sequences: list[str], pairs: list[tuple[str, str]], cfg: SplitConfig
+) -> tuple[list[str], dict]:
     """Split label for every chain (``keys[i]`` of entry ``entries[i]``) and a summary dict."""
     n = len(keys)
     uf = UnionFind(n)
@@ -171,7 +176,11 @@ def assign_splits(keys: list[str], entries: list[str], sequences: list[str], pai
     for q, t in pairs:
         uf.union(index[q], index[t])
     groups = uf.groups()
-    summary = {"related_pairs": len(pairs), "groups": int(len(np.unique(groups))), "largest_group_chains": int(np.bincount(groups).max())}
+    summary: dict[str, Any] = {
+        "related_pairs": len(pairs),
+        "groups": int(len(np.unique(groups))),
+        "largest_group_chains": int(np.bincount(groups).max()),
+    }
     summary["_groups"] = groups
     return _label_groups(groups, cfg), summary
 
@@ -191,7 +200,9 @@ def _draw(groups: np.ndarray, cfg: SplitConfig) -> tuple[list[str], list[tuple[i
     return labels, rest
 
 
-def _fill(candidates: list[tuple[int, int]], groups: np.ndarray, labels: list[str], cfg: SplitConfig) -> list[tuple[int, int]]:
+def _fill(
+    candidates: list[tuple[int, int]], groups: np.ndarray, labels: list[str], cfg: SplitConfig
+) -> list[tuple[int, int]]:
     """Move candidate groups (in order) from train to test/val up to their targets; return the rest."""
     n = len(groups)
     targets = {"test": cfg.test_fraction * n, "val": cfg.val_fraction * n}
@@ -213,33 +224,52 @@ def _fill(candidates: list[tuple[int, int]], groups: np.ndarray, labels: list[st
     return rest
 
 
-def verify_splits(keys: list[str], sequences: list[str], labels: list[str], cfg: SplitConfig, *, threads: int = 1) -> dict:
+def verify_splits(
+    keys: list[str], sequences: list[str], labels: list[str], cfg: SplitConfig, *, threads: int = 1
+) -> dict:
     """Search val+test against train (sensitive, permissive e-value); report the closest hits."""
     train = {k: s for k, s, lab in zip(keys, sequences, labels) if lab == "train"}
     held = {k: s for k, s, lab in zip(keys, sequences, labels) if lab != "train"}
     report = {
         "criterion": f"fident >= {cfg.min_identity} and (alnlen >= {cfg.min_coverage} x shorter length or alnlen >= {cfg.min_aligned_residues})",
-        "search": {"tool": "mmseqs easy-search", "sensitivity": cfg.verify_sensitivity, "evalue": cfg.verify_evalue, "max_seqs": cfg.max_seqs, "alignment_mode": 3},
+        "search": {
+            "tool": "mmseqs easy-search",
+            "sensitivity": cfg.verify_sensitivity,
+            "evalue": cfg.verify_evalue,
+            "max_seqs": cfg.max_seqs,
+            "alignment_mode": 3,
+        },
         "queries": len(held),
         "targets": len(train),
     }
     if not train or not held:
         report.update(hits=0, violations=[], passed=True)
         return report
-    hits = mmseqs_search(held, train, sensitivity=cfg.verify_sensitivity, evalue=cfg.verify_evalue, max_seqs=cfg.max_seqs, threads=threads)
+    hits = mmseqs_search(
+        held,
+        train,
+        sensitivity=cfg.verify_sensitivity,
+        evalue=cfg.verify_evalue,
+        max_seqs=cfg.max_seqs,
+        threads=threads,
+    )
     violations = [h for h in hits if is_related(h[2], h[3], h[4], h[5], cfg)]
     meaningful = [h for h in hits if h[3] >= cfg.min_coverage * min(h[4], h[5]) or h[3] >= cfg.min_aligned_residues]
     report.update(
         hits=len(hits),
         max_fident_any_hit=max((h[2] for h in hits), default=0.0),
         max_fident_meaningful_length=max((h[2] for h in meaningful), default=0.0),
-        violations=[dict(zip(("query", "target", "fident", "alnlen", "qlen", "tlen", "evalue"), h)) for h in violations],
+        violations=[
+            dict(zip(("query", "target", "fident", "alnlen", "qlen", "tlen", "evalue"), h)) for h in violations
+        ],
         passed=not violations,
     )
     return report
 
 
-def make_splits(keys: list[str], entries: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1) -> tuple[list[str], dict, dict]:
+def make_splits(
+    keys: list[str], entries: list[str], sequences: list[str], cfg: SplitConfig, *, threads: int = 1
+) -> tuple[list[str], dict, dict]:
     """Splits, their summary and the stored verification.
 
     The verification searches more sensitively than the clustering; a val/test chain it finds
@@ -279,7 +309,8 @@ def make_splits(keys: list[str], entries: list[str], sequences: list[str], cfg: 
     summary["chains_moved_to_train_after_check"] = len(moved)
     summary["config"] = asdict(cfg)
     summary["counts"] = {
-        s: {"chains": labels.count(s), "entries": len({e for e, lab in zip(entries, labels) if lab == s})} for s in SPLITS
+        s: {"chains": labels.count(s), "entries": len({e for e, lab in zip(entries, labels) if lab == s})}
+        for s in SPLITS
     }
     return labels, summary, report
 

@@ -12,36 +12,26 @@ so items are reproducible whatever process or DataLoader worker makes them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from cryostack.chem.residues import AMINO_ACIDS, ATOM37, canonical_residue, main_chain_mask
 from cryostack.data import degradations as dg
 from cryostack.density.fourier import low_pass
+from cryostack.density.masks import sphere_mask
 from cryostack.density.simulate import simulate_density
 from cryostack.io.maps import DensityMap, GridSpec
 from cryostack.io.models import WATER, AtomArrays, Structure
-from cryostack.validate.mapfit import sphere_mask
 
-#: Residue types: the 20 standard amino acids in alphabetical order of their 3-letter codes;
-#: anything else is ``UNKNOWN_RESIDUE``.
-RESIDUE_TYPES = (
-    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
-    "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL",
-)  # fmt: skip
+#: Residue types of :attr:`SimulatedItem.residue_type`: the 20 standard amino acids
+#: (:data:`cryostack.chem.residues.AMINO_ACIDS`); anything else is ``UNKNOWN_RESIDUE``.
+RESIDUE_TYPES = AMINO_ACIDS
 UNKNOWN_RESIDUE = len(RESIDUE_TYPES)
-#: The 37 protein heavy-atom names in the order widely used by structure-prediction models;
-#: other atom names get -1.
-ATOM37 = (
-    "N", "CA", "C", "CB", "O", "CG", "CG1", "CG2", "OG", "OG1", "SG", "CD", "CD1", "CD2", "ND1",
-    "ND2", "OD1", "OD2", "SD", "CE", "CE1", "CE2", "CE3", "NE", "NE1", "NE2", "OE1", "OE2", "CH2",
-    "NH1", "NH2", "OH", "CZ", "CZ2", "CZ3", "NZ", "OXT",
-)  # fmt: skip
 _RES_ID = {n: i for i, n in enumerate(RESIDUE_TYPES)}
 _ATOM_ID = {n: i for i, n in enumerate(ATOM37)}
-#: Residue names commonly read as MSE etc. in the PDB map onto their standard parent.
-_PARENT = {"MSE": "MET", "SEC": "CYS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS"}
 
 Range = tuple[float, float]
 
@@ -130,8 +120,9 @@ class SimulationConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SimulationConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def from_dict(cls, d: dict) -> SimulationConfig:
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
 
 def item_seed(seed: int, index: int, epoch: int = 0) -> np.random.SeedSequence:
@@ -174,26 +165,49 @@ class SimulatedItem:
             "rotation": self.rotation.astype(np.float32),
             "translation": self.translation.astype(np.float32),
         }
-        for name in ("atom_coords", "atom_element", "atom_name37", "atom_residue", "atom_density_weight",
-                     "atom_b_A2", "residue_type", "residue_number", "residue_chain", "residue_source"):
+        for name in (
+            "atom_coords",
+            "atom_element",
+            "atom_name37",
+            "atom_residue",
+            "atom_density_weight",
+            "atom_b_A2",
+            "residue_type",
+            "residue_number",
+            "residue_chain",
+            "residue_source",
+        ):
             out[name] = getattr(self, name)
         for k, v in self.params.items():
             out[f"param_{k}"] = np.asarray(v, dtype=np.float32)
         return out
 
     @classmethod
-    def from_arrays(cls, d) -> "SimulatedItem":
+    def from_arrays(cls, d) -> SimulatedItem:
         vox, origin = tuple(d["voxel_size_A"].tolist()), tuple(d["origin_A"].tolist())
-        nstart = tuple(int(round(o / v)) for o, v in zip(origin, vox))  # origins lie on the voxel lattice
+        # origins lie on the voxel lattice
+        nstart = cast("tuple[int, int, int]", tuple(int(round(o / v)) for o, v in zip(origin, vox)))
         return cls(
             input_map=DensityMap(data=d["input_map"], voxel_size=vox, origin=origin, nstart=nstart),
             target_map=DensityMap(data=d["target_map"], voxel_size=vox, origin=origin, nstart=nstart),
             rotation=np.asarray(d["rotation"], np.float64),
             translation=np.asarray(d["translation"], np.float64),
             params={k[6:]: float(d[k]) for k in d if k.startswith("param_")},
-            **{k: np.asarray(d[k]) for k in ("atom_coords", "atom_element", "atom_name37", "atom_residue",
-                                               "atom_density_weight", "atom_b_A2", "residue_type",
-                                               "residue_number", "residue_chain", "residue_source")},
+            **{
+                k: np.asarray(d[k])
+                for k in (
+                    "atom_coords",
+                    "atom_element",
+                    "atom_name37",
+                    "atom_residue",
+                    "atom_density_weight",
+                    "atom_b_A2",
+                    "residue_type",
+                    "residue_number",
+                    "residue_chain",
+                    "residue_source",
+                )
+            },
         )
 
 
@@ -264,7 +278,7 @@ def simulate_item(atoms: AtomArrays, config: SimulationConfig, seed: np.random.S
     xyz = xyz0 @ rot.T + translation
     res_idx = atoms.residue_index[keep]
     names = np.asarray(atoms.atom_names, dtype=object)[keep]
-    backbone = atoms.is_backbone[keep]
+    backbone = main_chain_mask(atoms)[keep]
     sidechain = (~backbone) & (names != "CB")
     z = atoms.atomic_numbers[keep]
 
@@ -327,8 +341,9 @@ def simulate_item(atoms: AtomArrays, config: SimulationConfig, seed: np.random.S
         h = rel @ axis
         radial = np.linalg.norm(rel - h[:, None] * axis, axis=1)[np.abs(h) < height / 2]
         inner = float(np.percentile(radial, 80)) if radial.size else 10.0
-        belt = dg.micelle_belt(grid, centre, axis, inner_radius_A=inner,
-                               thickness_A=_u(rng, cfg.micelle_thickness_A), height_A=height)
+        belt = dg.micelle_belt(
+            grid, centre, axis, inner_radius_A=inner, thickness_A=_u(rng, cfg.micelle_thickness_A), height_A=height
+        )
         belt = low_pass(DensityMap(belt, vox), max(d, 8.0)).data  # detergent is never well resolved
         signal = signal + _u(rng, cfg.micelle_density) * level * belt
     p["blobs"] = float(rng.random() < cfg.blob_prob)
@@ -345,8 +360,9 @@ def simulate_item(atoms: AtomArrays, config: SimulationConfig, seed: np.random.S
     p["noise_sd"] /= max(level, 1e-12)  # in units of the mean protein density
     p["postprocess"] = float(rng.random() < cfg.postprocess_prob)
     if p["postprocess"]:
-        noisy = dg.postprocess_filter(noisy, vox, d, width_per_A=_u(rng, cfg.postprocess_width_per_A),
-                                      floor=_u(rng, cfg.postprocess_floor))
+        noisy = dg.postprocess_filter(
+            noisy, vox, d, width_per_A=_u(rng, cfg.postprocess_width_per_A), floor=_u(rng, cfg.postprocess_floor)
+        )
 
     u = rng.random()
     p["mask"] = 0.0
@@ -359,8 +375,9 @@ def simulate_item(atoms: AtomArrays, config: SimulationConfig, seed: np.random.S
     p["box_edge"] = float(rng.random() < cfg.box_edge_prob)
     if p["box_edge"]:
         depth = int(rng.integers(1, max(2, int(cfg.box_edge_max_fraction * cfg.crop_voxels) + 1)))
-        noisy = dg.box_edge(noisy, axis=int(rng.integers(0, 3)), from_start=bool(rng.random() < 0.5),
-                            depth_voxels=depth, fill=0.0)
+        noisy = dg.box_edge(
+            noisy, axis=int(rng.integers(0, 3)), from_start=bool(rng.random() < 0.5), depth_voxels=depth, fill=0.0
+        )
     sd = float(noisy.std())
     input_data = (noisy - noisy.mean()) / sd if sd > 0 else noisy - noisy.mean()
 
@@ -371,8 +388,9 @@ def simulate_item(atoms: AtomArrays, config: SimulationConfig, seed: np.random.S
     # model crop
     ids = np.flatnonzero(inside)
     residues, local = np.unique(res_idx[ids], return_inverse=True)
-    rnames = [_PARENT.get(atoms.residue_names[r], atoms.residue_names[r]) for r in residues]
-    nstart = tuple(int(round(o / v)) for o, v in zip(grid.origin, vox))
+    rnames = [canonical_residue(atoms.residue_names[r]) for r in residues]
+    (ox, oy, oz), (vx, vy, vz) = grid.origin, vox
+    nstart = (int(round(ox / vx)), int(round(oy / vy)), int(round(oz / vz)))
     item = SimulatedItem(
         input_map=DensityMap(input_data.astype(np.float32), vox, grid.origin, nstart=nstart),
         target_map=DensityMap(target.astype(np.float32), vox, grid.origin, nstart=nstart),

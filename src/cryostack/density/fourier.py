@@ -11,8 +11,8 @@ import numpy as np
 from cryostack.io.maps import DensityMap
 
 
-def frequency_squared(shape_zyx: tuple[int, int, int], voxel_size_xyz: tuple[float, float, float]) -> np.ndarray:
-    """``|s|²`` in 1/Å² on the ``rfftn`` half-grid of a ``[z, y, x]`` array."""
+def frequency_squared(shape_zyx: tuple[int, ...], voxel_size_xyz: tuple[float, float, float]) -> np.ndarray:
+    """``|s|²`` in 1/Å² on the ``rfftn`` half-grid of a ``[z, y, x]`` array (``shape_zyx`` has 3 entries)."""
     nz, ny, nx = shape_zyx
     vx, vy, vz = voxel_size_xyz
     sz = np.fft.fftfreq(nz, d=vz)[:, None, None]

@@ -74,8 +74,12 @@ def placement_statistics(
     mean, std = float(data.mean(dtype=np.float64)), float(data.std(dtype=np.float64))
     values = density.interpolate(xyz)
     at_atoms = float(values.mean(dtype=np.float64))
-    shifted = np.array([density.interpolate(xyz + displacement_A * u).mean(dtype=np.float64)
-                        for u in _sphere_directions(n_displacements)])
+    shifted = np.array(
+        [
+            density.interpolate(xyz + displacement_A * u).mean(dtype=np.float64)
+            for u in _sphere_directions(n_displacements)
+        ]
+    )
     spread = float(shifted.std())
     return Placement(
         n_atoms=int(len(xyz)),

@@ -6,6 +6,8 @@ voxel ``[0, 0, 0]``; nothing here resizes a map to a fixed cube.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from scipy.ndimage import map_coordinates
 
@@ -33,7 +35,7 @@ def crop_or_pad(
         out[dst_lo[0] : dst_hi[0], dst_lo[1] : dst_hi[1], dst_lo[2] : dst_hi[2]] = density.data[
             src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
         ]
-    return density.shifted(tuple(int(s) for s in start), out)
+    return density.shifted(cast("tuple[int, int, int]", tuple(int(s) for s in start)), out)
 
 
 def box_around(density: DensityMap, coords_xyz: np.ndarray, margin_A: float = 5.0, fill: float = 0.0) -> DensityMap:
@@ -72,9 +74,11 @@ def resample(density: DensityMap, voxel_size_A: float | tuple[float, float, floa
     # An ORIGIN-field map stays one; an NSTART map stays one when the origin falls on the new grid.
     nstart, header_origin = density.nstart, density.header_origin
     if not header_origin:
-        nstart = grid_nstart(density.origin, new_vox)
-        if nstart is None:
+        on_grid = grid_nstart(density.origin, new_vox)
+        if on_grid is None:
             nstart, header_origin = (0, 0, 0), True
+        else:
+            nstart = on_grid
     return DensityMap(
         data=data,
         voxel_size=tuple(new_vox),

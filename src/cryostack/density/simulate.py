@@ -51,7 +51,8 @@ class _Grid:
 
     @property
     def padded_shape(self) -> tuple[int, int, int]:
-        return tuple(n + lo + hi for n, lo, hi in zip(self.shape, self.pad_lo, self.pad_hi))
+        (nz, ny, nx), (lz, ly, lx), (hz, hy, hx) = self.shape, self.pad_lo, self.pad_hi
+        return (nz + lz + hz, ny + ly + hy, nx + lx + hx)
 
     @property
     def padded(self) -> bool:
@@ -154,8 +155,9 @@ def _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels):
     atom_ids = torch.nonzero(inside).squeeze(1)
     sizes = size[atom_ids]
     m = int(sizes.max().item()) + 1
-    keys, inverse, counts = torch.unique((sizes[:, 0] * m + sizes[:, 1]) * m + sizes[:, 2],
-                                         return_inverse=True, return_counts=True)
+    keys, inverse, counts = torch.unique(
+        (sizes[:, 0] * m + sizes[:, 1]) * m + sizes[:, 2], return_inverse=True, return_counts=True
+    )
     grouped = atom_ids[torch.sort(inverse, stable=True).indices]
     start = 0
     for key, count in zip(keys.tolist(), counts.tolist()):
@@ -176,8 +178,10 @@ class _Splat(torch.autograd.Function):
         out = torch.zeros(math.prod(grid.padded_shape), device=xyz.device, dtype=xyz.dtype)
         # One pair of scratch buffers, sized for the largest chunk, serves every chunk.
         n_max = max((ids.numel() * math.prod(size) for size, ids, _ in plan), default=0)
-        scratch = (torch.empty(n_max, device=xyz.device, dtype=xyz.dtype),
-                   torch.empty(n_max, device=xyz.device, dtype=torch.int64))
+        scratch = (
+            torch.empty(n_max, device=xyz.device, dtype=xyz.dtype),
+            torch.empty(n_max, device=xyz.device, dtype=torch.int64),
+        )
         offsets = {}
         for size, ids, first in plan:
             if size not in offsets:
@@ -204,8 +208,11 @@ class _Splat(torch.autograd.Function):
             if size not in offsets:
                 offsets[size] = _offsets(size, grid, xyz.device)
             with torch.enable_grad():
-                leaves = [xyz[ids].detach().requires_grad_(), btot[ids].detach().requires_grad_(),
-                          amp[ids].detach().requires_grad_()]
+                leaves = [
+                    xyz[ids].detach().requires_grad_(),
+                    btot[ids].detach().requires_grad_(),
+                    amp[ids].detach().requires_grad_(),
+                ]
                 cube, idx = _local_cubes(*leaves, first, size, grid, offsets[size])
                 loss = (cube * gpad[idx]).sum()
                 grads = torch.autograd.grad(loss, [leaves[i] for i in wanted])
@@ -255,8 +262,16 @@ def simulate_density(
     if bool((btot.detach() <= 0).any()):
         raise ValueError("total Gaussian width must be positive: check for negative B-factors")
     amp = a * occupancies.to(dt)[:, None]
-    return _Splat.apply(coords, btot, amp, tuple(grid.shape), tuple(grid.voxel_size), tuple(grid.origin),
-                        float(cutoff), int(chunk_voxels))
+    return _Splat.apply(
+        coords,
+        btot,
+        amp,
+        tuple(grid.shape),
+        tuple(grid.voxel_size),
+        tuple(grid.origin),
+        float(cutoff),
+        int(chunk_voxels),
+    )
 
 
 def fcalc_map(

@@ -1,6 +1,6 @@
 """Ideal Cβ position term: Cβ pulled to where the backbone (N, CA, C) puts it.
 
-The ideal Cβ is built exactly as :mod:`cryostack.validate.cbeta` builds it (MolProbity's
+The ideal Cβ is built exactly as :mod:`cryostack.chem.cbeta` builds it (MolProbity's
 cbetadev: two constructions from the backbone, averaged, put back at the ideal CA–CB distance),
 but in PyTorch, so the term moves both the backbone and Cβ. The deviation is the distance in Å;
 validation flags ≥ 0.25 Å.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryostack.validate.cbeta import ideal_geometry
+from cryostack.chem.cbeta import ideal_geometry
 
 #: Deviation (Å) treated as one standard deviation by the loss (validation's outlier cut is 0.25 Å).
 CBETA_SIGMA_A = 0.1
@@ -27,10 +27,10 @@ class CbetaSet:
     index: torch.Tensor
     ideal: torch.Tensor
 
-    def to(self, device, dtype=torch.float32) -> "CbetaSet":
+    def to(self, device, dtype=torch.float32) -> CbetaSet:
         return CbetaSet(self.index.to(device), self.ideal.to(device, dtype))
 
-    def subset(self, new_index: torch.Tensor) -> "CbetaSet":
+    def subset(self, new_index: torch.Tensor) -> CbetaSet:
         ok = (new_index[self.index] >= 0).all(1)
         return CbetaSet(new_index[self.index[ok]], self.ideal[ok])
 
@@ -52,8 +52,10 @@ def build_cbeta(arr) -> CbetaSet:
         g = ideal_geometry(name, vol)
         idx.append(q)
         ideal.append([g.ca_cb_A, *np.radians([g.c_ca_cb_deg, g.n_c_ca_cb_deg, g.n_ca_cb_deg, g.c_n_ca_cb_deg])])
-    return CbetaSet(torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1, 4)),
-                    torch.as_tensor(np.asarray(ideal, dtype=np.float32).reshape(-1, 5)))
+    return CbetaSet(
+        torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1, 4)),
+        torch.as_tensor(np.asarray(ideal, dtype=np.float32).reshape(-1, 5)),
+    )
 
 
 def place(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bond, angle, dihedral) -> torch.Tensor:
@@ -63,7 +65,9 @@ def place(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bond, angle, dihedr
     normal = torch.cross(b - a, bc, dim=-1)
     normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     m = torch.cross(normal, bc, dim=-1)
-    local = torch.stack([-torch.cos(angle), torch.sin(angle) * torch.cos(dihedral), torch.sin(angle) * torch.sin(dihedral)], -1)
+    local = torch.stack(
+        [-torch.cos(angle), torch.sin(angle) * torch.cos(dihedral), torch.sin(angle) * torch.sin(dihedral)], -1
+    )
     return c + bond[:, None] * (local[:, 0:1] * bc + local[:, 1:2] * m + local[:, 2:3] * normal)
 
 

@@ -2,7 +2,7 @@
 
 Atom pairs more than three bonds apart (1-2, 1-3 and 1-4 pairs excluded, from the restraint
 bond graph) are pushed apart when closer than the sum of their van der Waals radii (the
-heavy-atom radii of :mod:`cryostack.validate.geometry`) minus an allowed overlap; N/O pairs that
+heavy-atom radii of :mod:`cryostack.chem.contacts`) minus an allowed overlap; N/O pairs that
 can hydrogen-bond may come to 2.6 Å. The penalty is ``(overlap / 0.1 Å)²`` per pair, summed and
 divided by the number of atoms. Validation counts a clash at an overlap of 0.4 Å; the default
 allowed overlap here (0.25 Å) keeps a margin below it.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cryostack.validate.geometry import HBOND_ELEMENTS, VDW_RADII_A
+from cryostack.chem.contacts import HBOND_ELEMENTS, VDW_RADII_A
 
 ALLOWED_OVERLAP_A = 0.25
 HBOND_CONTACT_A = 2.6
@@ -28,8 +28,16 @@ SKIN_A = 1.5
 class ClashTerm:
     """Soft clash penalty over ``(N, 3)`` coordinates; call with coordinates to get the loss."""
 
-    def __init__(self, elements: list[str], excluded_pairs: torch.Tensor, *, active: np.ndarray | None = None,
-                 altlocs: list[str] | None = None, allowed_overlap_A: float = ALLOWED_OVERLAP_A, skin_A: float = SKIN_A):
+    def __init__(
+        self,
+        elements: list[str],
+        excluded_pairs: torch.Tensor,
+        *,
+        active: np.ndarray | None = None,
+        altlocs: list[str] | None = None,
+        allowed_overlap_A: float = ALLOWED_OVERLAP_A,
+        skin_A: float = SKIN_A,
+    ):
         el = [e.upper() for e in elements]
         self.n = len(el)
         self.radii = np.array([VDW_RADII_A.get(e, 1.8) for e in el])
@@ -37,10 +45,12 @@ class ClashTerm:
         heavy = np.array([e not in ("H", "D") for e in el])
         self.active = heavy if active is None else (np.asarray(active, bool) & heavy)
         self.excluded = np.asarray(excluded_pairs.cpu().numpy() if torch.is_tensor(excluded_pairs) else excluded_pairs)
-        self.altlocs = np.array([a if a not in ("\0", " ", "") else "" for a in (altlocs or [""] * self.n)], dtype=object)
+        self.altlocs = np.array(
+            [a if a not in ("\0", " ", "") else "" for a in (altlocs or [""] * self.n)], dtype=object
+        )
         self.allowed_overlap_A = allowed_overlap_A
         self.skin_A = skin_A
-        self._ref = None
+        self._ref: np.ndarray | None = None
         self.rebuilds = 0
 
     def _rebuild(self, xyz: np.ndarray, device) -> None:

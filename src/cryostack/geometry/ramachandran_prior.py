@@ -1,7 +1,7 @@
 """A smooth Ramachandran prior from the Top8000 contours (the tables ``cryostack validate`` uses).
 
 Energy of a residue at (φ, ψ): ``−log(p̃ + ε)`` where ``p̃`` is its category's Top8000 percentile
-table (:func:`cryostack.validate.ramachandran.load_tables`) smoothed with a periodic Gaussian
+table (:func:`cryostack.chem.ramachandran.load_tables`) smoothed with a periodic Gaussian
 and interpolated bicubically (``torch.nn.functional.grid_sample`` on a wrap-padded table), so the
 gradient is continuous and points from outlier and allowed regions into the favoured ones.
 Categories follow MolProbity's (general, Gly, cis-/trans-Pro, pre-Pro, Ile/Val) and are fixed
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from cryostack.chem.ramachandran import CATEGORIES, load_tables
+from cryostack.chem.residues import COMMON_AMINO_ACIDS
 from cryostack.geometry.restraints import PEPTIDE_BOND_MAX_A, _dihedral_np, dihedrals
-from cryostack.validate.ramachandran import CATEGORIES, load_tables
-from cryostack.validate.residues import COMMON_AMINO_ACIDS
 
 #: Floor added to the percentile before the log (caps the energy of the emptiest regions).
 EPSILON = 1e-3
@@ -52,13 +52,15 @@ class RamaSet:
     category: torch.Tensor  # (R,) int64 into CATEGORIES
     residue: torch.Tensor  # (R,) int64 residue index (AtomArrays)
 
-    def to(self, device) -> "RamaSet":
+    def to(self, device) -> RamaSet:
         return RamaSet(*(t.to(device) for t in (self.phi_index, self.psi_index, self.category, self.residue)))
 
-    def subset(self, new_index: torch.Tensor) -> "RamaSet":
+    def subset(self, new_index: torch.Tensor) -> RamaSet:
         """Keep residues whose atoms all map (``new_index[i] ≥ 0``); re-index."""
         ok = (new_index[self.phi_index] >= 0).all(1) & (new_index[self.psi_index] >= 0).all(1)
-        return RamaSet(new_index[self.phi_index[ok]], new_index[self.psi_index[ok]], self.category[ok], self.residue[ok])
+        return RamaSet(
+            new_index[self.phi_index[ok]], new_index[self.psi_index[ok]], self.category[ok], self.residue[ok]
+        )
 
 
 def build_rama(arr) -> RamaSet:
@@ -73,7 +75,7 @@ def build_rama(arr) -> RamaSet:
         if names[r] not in COMMON_AMINO_ACIDS or names[r + 1] not in COMMON_AMINO_ACIDS:
             return False
         c, n = lookup.get((r, "C")), lookup.get((r + 1, "N"))
-        return c is not None and n is not None and np.linalg.norm(xyz[c] - xyz[n]) < PEPTIDE_BOND_MAX_A
+        return c is not None and n is not None and bool(np.linalg.norm(xyz[c] - xyz[n]) < PEPTIDE_BOND_MAX_A)
 
     phi, psi, cat, res = [], [], [], []
     for r, name in enumerate(names):
@@ -88,7 +90,12 @@ def build_rama(arr) -> RamaSet:
         res.append(r)
         cat.append(CATEGORIES.index(_category(arr, lookup, r, xyz)))
     t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.int64).reshape(-1, 4))  # noqa: E731
-    return RamaSet(t(phi), t(psi), torch.as_tensor(np.asarray(cat, dtype=np.int64)), torch.as_tensor(np.asarray(res, dtype=np.int64)))
+    return RamaSet(
+        t(phi),
+        t(psi),
+        torch.as_tensor(np.asarray(cat, dtype=np.int64)),
+        torch.as_tensor(np.asarray(res, dtype=np.int64)),
+    )
 
 
 def _category(arr, lookup, r: int, xyz: np.ndarray) -> str:

@@ -1,7 +1,7 @@
 """Monomer-library restraints as tensors: bonds, angles, planes, chirality and peptide ω.
 
 Restraints come from gemmi's topology (``gemmi.prepare_topology``) over the complete CCP4
-monomer library, built by the same loader as :mod:`cryostack.validate.geometry`, so link
+monomer library, built by the same loader as the validator (:mod:`cryostack.chem.monlib`), so link
 restraints across residues (peptide, phosphodiester, disulfide) are included and the bond and
 angle RMSDs computed here equal ``cryostack validate``'s. Atoms are indexed in
 :meth:`Structure.atoms` order; residues without a dictionary entry get no restraints and are
@@ -60,7 +60,7 @@ class RestraintSet:
     excluded_pairs: torch.Tensor  # (E,) int64 keys i * N + j (i < j) of atoms within three bonds
     residues_without_dictionary: list[str] = field(default_factory=list)
 
-    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "RestraintSet":
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> RestraintSet:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -69,7 +69,7 @@ class RestraintSet:
             out[f.name] = v
         return RestraintSet(**out)
 
-    def involving(self, atoms: torch.Tensor) -> "RestraintSet":
+    def involving(self, atoms: torch.Tensor) -> RestraintSet:
         """Only the restraints that involve at least one of ``atoms`` (bool ``(N,)``); same indexing."""
         a = torch.as_tensor(atoms, dtype=torch.bool, device=self.bond_index.device)
 
@@ -91,7 +91,7 @@ class RestraintSet:
             residues_without_dictionary=list(self.residues_without_dictionary),
         )  # fmt: skip
 
-    def subset(self, keep: np.ndarray) -> "RestraintSet":
+    def subset(self, keep: np.ndarray) -> RestraintSet:
         """Restraints among the atoms ``keep`` (bool ``(N,)``), re-indexed to those atoms."""
         keep_t = torch.as_tensor(np.asarray(keep, dtype=bool))
         new = torch.full((self.n_atoms,), -1, dtype=torch.int64)
@@ -128,19 +128,19 @@ class RestraintSet:
 
 def build_restraints(structure: Structure) -> RestraintSet:
     """Restraints of the first model of ``structure`` from the CCP4 monomer library (via gemmi)."""
-    from cryostack.validate.geometry import _key, _topology  # the shared monomer-library loader
+    from cryostack.chem.monlib import atom_key, topology  # the loader the validator uses too
 
     st = structure.gemmi.clone()
     _close_links(st)
     # Topology atoms are copies, and gemmi renumbers serials when an atom without a dictionary
     # entry is dropped and the topology retried (3MFP's methylated HIS73 shifted every later
     # index by one), so restraint atoms are mapped back to our order by name, altloc and position.
-    where = {_key(atom): i for i, atom in enumerate(a for chain in st[0] for res in chain for a in res)}
+    where = {atom_key(atom): i for i, atom in enumerate(a for chain in st[0] for res in chain for a in res)}
     n = sum(1 for chain in st[0] for res in chain for _ in res)
-    _, topo, missing = _topology(Structure(st))
+    _, topo, missing = topology(Structure(st))
 
     def idx(atoms) -> list[int]:
-        return [where[_key(a)] for a in atoms]
+        return [where[atom_key(a)] for a in atoms]
 
     bonds = [(idx(b.atoms), b.restr.value, b.restr.esd) for b in topo.bonds]
     angles = [(idx(a.atoms), math.radians(a.restr.value), math.radians(a.restr.esd)) for a in topo.angles]
@@ -170,7 +170,11 @@ def build_restraints(structure: Structure) -> RestraintSet:
     excluded = _excluded_pairs(bi, n)
 
     def t(x, dtype=torch.float32, shape=(-1,)):
-        return torch.as_tensor(np.asarray(x, dtype=np.float64 if dtype.is_floating_point else np.int64)).to(dtype).reshape(shape)
+        return (
+            torch.as_tensor(np.asarray(x, dtype=np.float64 if dtype.is_floating_point else np.int64))
+            .to(dtype)
+            .reshape(shape)
+        )
 
     return RestraintSet(
         n_atoms=n,
@@ -201,7 +205,8 @@ def _close_links(st: gemmi.Structure) -> None:
     to build the topology is changed; the restraint targets do not depend on it."""
     for chain in st[0]:
         for prev, res in zip(chain, list(chain)[1:]):
-            if res.seqid.num - prev.seqid.num > 1:
+            # seqid.num is None only for an unnumbered residue, which Structure.atoms() cannot hold either
+            if res.seqid.num - prev.seqid.num > 1:  # type: ignore[operator]
                 continue
             for a_name, b_name, ideal in _LINK_ATOMS.values():
                 a, b = prev.find_atom(a_name, "*"), res.find_atom(b_name, "*")

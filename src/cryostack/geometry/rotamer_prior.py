@@ -1,7 +1,7 @@
 """A smooth side-chain rotamer prior from the Top8000 chi grids (the grids ``cryostack validate`` uses).
 
 Energy of a side chain: ``−log(p̃ + ε)`` where ``p̃`` is its residue type's Top8000 percentile
-grid (:func:`cryostack.validate.rotamers.load_grid`) smoothed with a periodic Gaussian (one cell)
+grid (:func:`cryostack.chem.rotamers.load_grid`) smoothed with a periodic Gaussian (one cell)
 and interpolated multilinearly in the chi angles, wrapping in every dimension; the grids'
 ranges fold symmetric side chains (Phe/Tyr χ2, Asp χ2, Glu χ3) as in validation.
 
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from cryostack.chem.residues import RESIDUE_ATOM_ALIASES
+from cryostack.chem.rotamers import CHI_ATOMS, GRID_OF, load_grid
 from cryostack.geometry.restraints import dihedrals
-from cryostack.validate.rotamers import _ATOM_ALIASES, CHI_ATOMS, GRID_OF, load_grid
 
 #: Floor added to the percentile before the log.
 EPSILON = 1e-3
@@ -26,7 +28,7 @@ EPSILON = 1e-3
 SMOOTH_CELLS = 1.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def energy_grid(grid_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flattened energy table and its spec (lower °, cell width °, bins) of one rotamer grid."""
     grid = load_grid(grid_name)
@@ -46,10 +48,10 @@ class RotamerSet:
 
     groups: dict[str, torch.Tensor]
 
-    def to(self, device) -> "RotamerSet":
+    def to(self, device) -> RotamerSet:
         return RotamerSet({k: v.to(device) for k, v in self.groups.items()})
 
-    def subset(self, new_index: torch.Tensor) -> "RotamerSet":
+    def subset(self, new_index: torch.Tensor) -> RotamerSet:
         out = {}
         for k, q in self.groups.items():
             ok = (new_index[q] >= 0).flatten(1).all(1)
@@ -69,12 +71,12 @@ def chi_quads(lookup: dict, r: int, name: str) -> list[list[int]] | None:
     quads = CHI_ATOMS.get(name)
     if quads is None:
         return None
-    rows = []
+    rows: list[list[int]] = []
     for quad in quads:
-        ids = [lookup.get((r, a), lookup.get((r, _ATOM_ALIASES.get((name, a), "")))) for a in quad]
+        ids = [lookup.get((r, a), lookup.get((r, RESIDUE_ATOM_ALIASES.get((name, a), "")))) for a in quad]
         if any(i is None for i in ids):
             return None
-        rows.append(ids)
+        rows.append(cast("list[int]", ids))  # no None (checked above)
     return rows
 
 
@@ -89,7 +91,7 @@ def build_rotamers(arr) -> RotamerSet:
     return RotamerSet({k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in groups.items()})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _corners(n: int) -> torch.Tensor:
     """``(2ⁿ, n)`` 0/1 offsets of the corners of an n-d grid cell."""
     return torch.tensor([[(c >> d) & 1 for d in range(n)] for c in range(1 << n)], dtype=torch.int64)
@@ -124,7 +126,7 @@ def rotamer_energy(x: torch.Tensor, rot: RotamerSet) -> torch.Tensor:
     for (name, q), flat in zip(rot.groups.items(), quads):
         table, lower, width, bins = (t.to(x.device) for t in energy_grid(name))
         s, n, _ = q.shape
-        chis = chis_all[start:start + flat.shape[0]].reshape(s, n)
+        chis = chis_all[start : start + flat.shape[0]].reshape(s, n)
         start += flat.shape[0]
         out.append(_interpolate(table.to(x.dtype), lower.to(x.dtype), width.to(x.dtype), bins, chis))
     return torch.cat(out)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryostack.errors import InputError
 
@@ -42,3 +44,32 @@ def atomic_output(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> 
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise :class:`InputError` now, before any work, if ``path`` could not be written later:
+    it names a folder, or its nearest existing parent is not a writable folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "output names a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(path, f"cannot create the output: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write the output: folder {parent} is not writable")
+    return path
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and not isinstance(x, str | bytes):
+        return jsonable(x.item())
+    return x

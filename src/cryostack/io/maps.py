@@ -22,6 +22,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import mrcfile
 import numpy as np
@@ -89,10 +90,13 @@ class DensityMap:
         self.data = np.ascontiguousarray(self.data, dtype=np.float32)
         if self.data.ndim != 3:
             raise ValueError(f"map data must be 3D [z, y, x], got shape {self.data.shape}")
-        self.voxel_size = tuple(float(v) for v in np.broadcast_to(self.voxel_size, 3))
-        self.origin = tuple(float(o) for o in self.origin)
-        self.nstart = tuple(int(n) for n in self.nstart)
-        self.axis_order = tuple(int(a) for a in self.axis_order)
+        vx, vy, vz = np.broadcast_to(self.voxel_size, 3)
+        self.voxel_size = (float(vx), float(vy), float(vz))
+        # origin and nstart keep whatever length the caller gave (not checked here); axis_order is
+        # checked to be a permutation of (1, 2, 3) below.
+        self.origin = cast("tuple[float, float, float]", tuple(float(o) for o in self.origin))
+        self.nstart = cast("tuple[int, int, int]", tuple(int(n) for n in self.nstart))
+        self.axis_order = cast("tuple[int, int, int]", tuple(int(a) for a in self.axis_order))
         if min(self.voxel_size) <= 0:
             raise ValueError(f"voxel size must be positive (Å), got {self.voxel_size}")
         if sorted(self.axis_order) != [1, 2, 3]:
@@ -101,7 +105,7 @@ class DensityMap:
     # -- geometry -----------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.data.shape)
+        return cast("tuple[int, int, int]", tuple(self.data.shape))  # data is 3D (checked in __post_init__)
 
     @property
     def grid(self) -> GridSpec:
@@ -115,11 +119,11 @@ class DensityMap:
         """Fractional ``[z, y, x]`` voxel indices of Å positions ``(x, y, z)``."""
         return self.grid.angstrom_to_voxel(xyz)
 
-    def with_data(self, data: np.ndarray, **changes) -> "DensityMap":
+    def with_data(self, data: np.ndarray, **changes) -> DensityMap:
         """A copy with new data (same sampling unless ``changes`` say otherwise)."""
         return replace(self, data=data, **changes)
 
-    def shifted(self, offset_zyx: tuple[int, int, int], data: np.ndarray) -> "DensityMap":
+    def shifted(self, offset_zyx: tuple[int, int, int], data: np.ndarray) -> DensityMap:
         """A map whose voxel ``[0, 0, 0]`` is this map's voxel ``offset_zyx`` (used by crop/pad).
 
         The file metadata follows: NSTART moves by the offset; an ORIGIN-field map keeps NSTART
@@ -183,11 +187,11 @@ def _read_header(path: Path, gz: bool) -> np.recarray:
         order = mrcfile.utils.byte_order_from_machine_stamp(header.machst)
     except ValueError:
         order = "<"  # mrcfile's permissive default
-    header.dtype = header.dtype.newbyteorder(order)
+    header.dtype = header.dtype.newbyteorder(order)  # type: ignore[misc]  # numpy stubs: ndarray.dtype is settable
     if int(header.mode) not in MRC_MODES:  # as mrcfile: a wrong machine stamp, if the other order fits
         swapped = header.mode.view(header.mode.dtype.newbyteorder())
         if int(swapped) in MRC_MODES:
-            header.dtype = header.dtype.newbyteorder()
+            header.dtype = header.dtype.newbyteorder()  # type: ignore[misc]  # numpy stubs: ndarray.dtype is settable
     return header
 
 
@@ -285,7 +289,7 @@ def read_map(path: str | Path) -> DensityMap:
         data=data,
         voxel_size=voxel_size,
         origin=origin,
-        nstart=tuple(nstart),
+        nstart=(nstart[0], nstart[1], nstart[2]),
         axis_order=axes,
         header_origin=header_origin,
         source=str(path),
@@ -302,7 +306,7 @@ def grid_nstart(origin_A, voxel_size_A) -> tuple[int, int, int] | None:
     steps = np.rint(origin / vox)
     if not np.allclose(steps * vox, origin, atol=1e-4):
         return None
-    return tuple(int(n) for n in steps)
+    return cast("tuple[int, int, int]", tuple(int(n) for n in steps))
 
 
 def write_map(
@@ -355,7 +359,7 @@ def write_map(
     return path
 
 
-def map_summary(density: DensityMap) -> dict[str, object]:
+def map_summary(density: DensityMap) -> dict[str, Any]:
     """The facts ``cryostack info`` prints for a map."""
     nz, ny, nx = density.shape
     return {
@@ -368,4 +372,3 @@ def map_summary(density: DensityMap) -> dict[str, object]:
         "extent_A": density.grid.extent,
         **density.statistics(),
     }
-

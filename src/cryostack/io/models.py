@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gemmi
 import numpy as np
@@ -16,10 +17,14 @@ import numpy as np
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output
 
+if TYPE_CHECKING:
+    # In Structure's body the name ``gemmi`` is its property, not the module.
+    from gemmi import Chain as GemmiChain
+    from gemmi import Model as GemmiModel
+
 #: Residue classes for :attr:`AtomArrays.residue_class`.
 PROTEIN, DNA, RNA, WATER, OTHER = 0, 1, 2, 3, 4
 _CLASS_NAMES = {PROTEIN: "protein", DNA: "DNA", RNA: "RNA", WATER: "water", OTHER: "other"}
-_BACKBONE = {"N", "CA", "C", "O", "OXT", "P", "OP1", "OP2", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'"}
 
 
 def residue_class(name: str) -> int:
@@ -75,12 +80,6 @@ class AtomArrays:
         """Per-atom mask: atom belongs to a protein, DNA or RNA residue."""
         return np.isin(self.residue_class[self.residue_index], (PROTEIN, DNA, RNA))
 
-    @property
-    def is_backbone(self) -> np.ndarray:
-        """Per-atom mask: protein main chain (N, CA, C, O) or nucleic-acid sugar-phosphate atoms."""
-        names = np.array(self.atom_names, dtype=object)
-        return self.is_polymer & np.isin(names, list(_BACKBONE))
-
     def atom_lookup(self) -> dict[tuple[int, str], int]:
         """``(residue index, atom name) → atom index``; the first altloc of an atom wins."""
         lookup: dict[tuple[int, str], int] = {}
@@ -113,23 +112,52 @@ class Structure:
         self.gemmi = st
         self.source = source
 
+    @property
+    def gemmi(self) -> gemmi.Structure:
+        """The underlying gemmi structure. Change coordinates through :meth:`with_coordinates`;
+        after editing this object in place call :meth:`changed` so :meth:`atoms` is rebuilt."""
+        return self._gemmi
+
+    @gemmi.setter
+    def gemmi(self, st: gemmi.Structure) -> None:
+        self._gemmi = st
+        self._atoms: AtomArrays | None = None
+
+    def changed(self) -> None:
+        """Forget the cached :meth:`atoms` view after an in-place edit of :attr:`gemmi`."""
+        self._atoms = None
+
     # -- views ---------------------------------------------------------------------------------
     @property
-    def model(self) -> gemmi.Model:
+    def model(self) -> GemmiModel:
         return self.gemmi[0]
 
     @property
     def n_atoms(self) -> int:
         return self.model.count_atom_sites()
 
-    def chains(self) -> list[gemmi.Chain]:
+    def chains(self) -> list[GemmiChain]:
         return list(self.model)
 
     def atoms(self) -> AtomArrays:
-        """The flat per-atom view of the first model."""
+        """The flat per-atom view of the first model.
+
+        Walking gemmi's hierarchy is the slow part, so it is done once and cached; each call
+        returns fresh copies of the arrays, so a caller that edits them changes nothing else.
+        """
+        if self._atoms is None:
+            self._atoms = self._build_atoms()
+        cached = self._atoms
+        copies: dict[str, Any] = {
+            k: (v.copy() if isinstance(v, np.ndarray | list) else v) for k, v in vars(cached).items()
+        }
+        return AtomArrays(**copies)
+
+    def _build_atoms(self) -> AtomArrays:
         coords, bfac, occ, z, el, an = [], [], [], [], [], []
         res_idx, chain_idx = [], []
-        rnames, rnums, icodes, rclass, rchain, chain_ids = [], [], [], [], [], []
+        rnames: list[str] = []
+        rnums, icodes, rclass, rchain, chain_ids = [], [], [], [], []
         for ci, chain in enumerate(self.model):
             chain_ids.append(chain.name)
             for residue in chain:
@@ -166,7 +194,7 @@ class Structure:
             chain_ids=chain_ids,
         )
 
-    def with_coordinates(self, coords: np.ndarray, b_factors: np.ndarray | None = None) -> "Structure":
+    def with_coordinates(self, coords: np.ndarray, b_factors: np.ndarray | None = None) -> Structure:
         """A copy with new per-atom coordinates ``(N, 3)`` Å (and optionally B-factors, Å²).
 
         Arrays must be in :meth:`atoms` order; every other attribute (names, numbering, chain
@@ -207,7 +235,7 @@ class Structure:
         """Centre of the atoms ``(x, y, z)`` in Å (unweighted)."""
         return self.atoms().coords.mean(axis=0)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         """The facts ``cryostack info`` prints for a model."""
         arr = self.atoms()
         classes = np.bincount(arr.residue_class, minlength=5)

@@ -77,7 +77,9 @@ def read_fasta(path: str | Path) -> list[FastaEntry]:
         seq = line.replace(" ", "").upper().rstrip("*")
         bad = sorted(set(seq) - VALID_LETTERS)
         if bad:
-            raise InputError(path, f"line {lineno}: invalid sequence letter(s) {''.join(bad)!r} in record {current.name}")
+            raise InputError(
+                path, f"line {lineno}: invalid sequence letter(s) {''.join(bad)!r} in record {current.name}"
+            )
         current.sequence += seq
     if not entries:
         raise InputError(path, "no FASTA records found")
@@ -173,9 +175,17 @@ def align_chains_to_fasta(
             full = gemmi.expand_one_letter_sequence(entry.sequence, kind)
             ar = gemmi.align_sequence_to_polymer(full, polymer, ptype, scoring)
             identity = float(ar.calculate_identity(2))
-            candidates.append(ChainAlignment(
-                chain=chain.name, entry=entry.name, identity=identity, score=int(ar.score),
-                cigar=ar.cigar_str(), named=chain.name in entry.chains, accepted=identity >= min_identity))
+            candidates.append(
+                ChainAlignment(
+                    chain=chain.name,
+                    entry=entry.name,
+                    identity=identity,
+                    score=int(ar.score),
+                    cigar=ar.cigar_str(),
+                    named=chain.name in entry.chains,
+                    accepted=identity >= min_identity,
+                )
+            )
         if not candidates:
             continue
         passing = [c for c in candidates if c.accepted]
@@ -185,8 +195,8 @@ def align_chains_to_fasta(
             failures.append(best)
         results.append(best)
     if failures and strict:
-        detail = "; ".join(f"chain {c.chain}: best record {c.entry} has {c.identity:.1f} % identity"
-                           for c in failures)
+        detail = "; ".join(f"chain {c.chain}: best record {c.entry} has {c.identity:.1f} % identity" for c in failures)
         raise SequenceMismatchError(
-            fasta_path, f"no FASTA record reaches {min_identity:g} % sequence identity ({detail})")
+            fasta_path, f"no FASTA record reaches {min_identity:g} % sequence identity ({detail})"
+        )
     return results

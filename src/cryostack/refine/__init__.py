@@ -8,6 +8,7 @@
   spatially overlapping crops for large models (:mod:`.crops`).
 """
 
+from cryostack.refine import direct as _direct  # noqa: F401  registers "direct"
 from cryostack.refine.api import (
     OPTIMIZERS,
     RecycleRecord,
@@ -17,7 +18,6 @@ from cryostack.refine.api import (
     get_optimizer,
 )
 from cryostack.refine.objective import LossWeights, RefinementObjective
-from cryostack.refine import direct as _direct  # noqa: F401  registers "direct"
 from cryostack.refine.run import check_inputs, refine
 
 __all__ = [

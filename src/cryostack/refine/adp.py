@@ -16,6 +16,7 @@ keep their B-factors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -31,7 +32,9 @@ NEIGHBOUR_SD_A2 = 15.0
 #: Weight of the neighbour restraint against 1 − CC (per residue pair, averaged).
 NEIGHBOUR_WEIGHT = 0.002
 #: Main-chain atom names (protein and nucleic acid backbone); everything else is "side chain".
-_MAIN = frozenset({"N", "CA", "C", "O", "OXT", "P", "OP1", "OP2", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'"})
+_MAIN = frozenset(
+    {"N", "CA", "C", "O", "OXT", "P", "OP1", "OP2", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'"}
+)
 #: B (Å²) steps are taken in units of this, so Adam's step is in a sensible range.
 _SCALE_A2 = 10.0
 
@@ -48,9 +51,15 @@ class AdpResult:
 
     def to_dict(self) -> dict:
         b = self.b_factors
-        return {"cc_before": self.cc_before, "cc_after": self.cc_after, "global_b_A2": self.global_b_A2,
-                "steps": self.steps, "b_min_A2": float(b.min()), "b_mean_A2": float(b.mean()),
-                "b_max_A2": float(b.max())}
+        return {
+            "cc_before": self.cc_before,
+            "cc_after": self.cc_after,
+            "global_b_A2": self.global_b_A2,
+            "steps": self.steps,
+            "b_min_A2": float(b.min()),
+            "b_mean_A2": float(b.mean()),
+            "b_max_A2": float(b.max()),
+        }
 
 
 def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: float = 0.2) -> AdpResult:
@@ -97,7 +106,7 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
         b_res = b_main[ri] + torch.where(side, _SCALE_A2 * torch.nn.functional.softplus(p_side)[ri], 0.0)
         return torch.where(fitted, b_res, b_in), b_main
 
-    best = (-2.0, None)
+    best: tuple[float, torch.Tensor | None] = (-2.0, None)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         b, b_main = b_all()
@@ -110,11 +119,18 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
         opt.step()
     with torch.no_grad():
         b, _ = b_all()
-        cc = float(cc_of(b))
-    if cc > best[0]:
-        best = (cc, b.detach().clone())
+        cc_end = float(cc_of(b))
+    if cc_end > best[0]:
+        best = (cc_end, b.detach().clone())
     cc_after, b_best = best
     if cc_after <= cc_before:  # never hand back a worse fit than the input B-factors
         cc_after, b_best = cc_before, b_in
-    return AdpResult(b_factors=b_best.cpu().numpy().astype(np.float32), cc_before=cc_before, cc_after=cc_after,
-                     global_b_A2=float(b0), steps=steps)
+    # b_best is None only if every CC (cc_before too) was NaN; that case fails here as before
+    b_best = cast(torch.Tensor, b_best)
+    return AdpResult(
+        b_factors=b_best.cpu().numpy().astype(np.float32),
+        cc_before=cc_before,
+        cc_after=cc_after,
+        global_b_A2=float(b0),
+        steps=steps,
+    )

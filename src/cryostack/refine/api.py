@@ -9,13 +9,14 @@ called once per recycle with ``(recycle, total_loss, terms, cc)`` (terms as floa
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from cryostack.refine.objective import LossWeights, RefinementObjective
+from cryostack.refine.objective import RefinementObjective
 
 
 @dataclass
@@ -138,6 +139,6 @@ def recycle_cc(objective, coords: torch.Tensor, terms: dict) -> float:
     """The density CC at ``coords`` for progress and history, from the objective's terms when
     its density term (1 − CC) was computed, which saves a second map simulation."""
     w = getattr(objective, "weights", None)
-    if "density" in terms and (w is None or getattr(w, "density", 1.0)):
+    if "density" in terms and (w is None or bool(getattr(w, "density", 1.0))):
         return 1.0 - float(terms["density"])
     return float(objective.cc(coords))

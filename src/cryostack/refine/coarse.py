@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from cryostack.density.fourier import low_pass
+from cryostack.density.masks import sphere_mask
 from cryostack.density.ops import resample
 from cryostack.refine.objective import RefinementObjective
-from cryostack.validate.mapfit import sphere_mask
 
 
 def coarse_resolution_A(resolution_A: float) -> float:

@@ -74,14 +74,23 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
                 break
     fit_stats = None
     if config.fit_rotamers:
-        def polish(x: torch.Tensor) -> torch.Tensor:
-            return adam_steps(objective, x, max(1, config.steps_per_recycle), config.lr * POLISH_LR_FACTOR,
-                              decay_to_zero=True)
 
-        best_x, best_recycle, fit_stats = fit_rotamers_and_polish(objective, best_x, best_loss, best_recycle,
-                                                                  history, progress, polish)
-    return RefineResult(coords=best_x.cpu().numpy(), history=history, method="direct", best_recycle=best_recycle,
-                        wall_s=time.perf_counter() - t0, rotamer_fit=fit_stats)
+        def polish(x: torch.Tensor) -> torch.Tensor:
+            return adam_steps(
+                objective, x, max(1, config.steps_per_recycle), config.lr * POLISH_LR_FACTOR, decay_to_zero=True
+            )
+
+        best_x, best_recycle, fit_stats = fit_rotamers_and_polish(
+            objective, best_x, best_loss, best_recycle, history, progress, polish
+        )
+    return RefineResult(
+        coords=best_x.cpu().numpy(),
+        history=history,
+        method="direct",
+        best_recycle=best_recycle,
+        wall_s=time.perf_counter() - t0,
+        rotamer_fit=fit_stats,
+    )
 
 
 OPTIMIZERS["direct"] = optimize_direct

@@ -38,7 +38,6 @@ from cryostack.geometry.rotamer_prior import build_rotamers, rotamer_loss
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, Structure
 
-
 #: Relative cutoff of each simulated atom: 10⁻³ of its peak is ample for a correlation and halves
 #: the stencil volume against the simulator's default.
 DENSITY_CUTOFF = 1e-3
@@ -60,7 +59,7 @@ class LossWeights:
     clash: float = 10.0
 
     @classmethod
-    def parse(cls, text: str | None) -> "LossWeights":
+    def parse(cls, text: str | None) -> LossWeights:
         """Weights from ``"density=40,rama=1"`` (unnamed terms keep their defaults)."""
         w = cls()
         if not text:
@@ -134,7 +133,7 @@ class RefinementObjective:
         self.rama = build_rama(arr).to(self.device)
         self.rotamers = build_rotamers(arr).to(self.device)
         self.cbeta = build_cbeta(arr).to(self.device)
-        altlocs = []
+        altlocs: list[str] = []
         for chain in structure.model:
             for res in chain:
                 altlocs.extend(a.altloc for a in res)
@@ -146,7 +145,7 @@ class RefinementObjective:
         self._heavy = torch.as_tensor(heavy, device=self.device)
         margin = box_margin_A if box_margin_A is not None else self.mask_radius_A + 2.0
         self.box = box_around(density_map, arr.coords[heavy], margin_A=margin)
-        from cryostack.validate.mapfit import sphere_mask
+        from cryostack.density.masks import sphere_mask
 
         mask = sphere_mask(arr.coords[heavy], self.mask_radius_A, self.box)
         vals = self.box.data[mask].astype(np.float64)
@@ -162,8 +161,9 @@ class RefinementObjective:
     def model_map(self, coords: torch.Tensor) -> torch.Tensor:
         """Model map ``(nz, ny, nx)`` on the sub-box (differentiable in ``coords``)."""
         h = self._heavy
-        return simulate_density(coords[h], self._z[h], self.box.grid, resolution_A=self.resolution_A,
-                                cutoff=DENSITY_CUTOFF)
+        return simulate_density(
+            coords[h], self._z[h], self.box.grid, resolution_A=self.resolution_A, cutoff=DENSITY_CUTOFF
+        )
 
     def correlation(self, coords: torch.Tensor) -> torch.Tensor:
         """Pearson CC (tensor) between model and experimental map over the mask."""

@@ -4,7 +4,7 @@ rotamer fit) for the refinement optimisers.
 Gradient descent on the smooth rotamer prior cannot carry a side chain over the barrier between two
 rotamer wells, so a side chain that starts in a wrong well stays an outlier. :func:`fit_rotamers`
 tries, for every side chain that is not a favoured rotamer (Top8000 percentile below
-:data:`~cryostack.validate.rotamers.FAVORED_MIN`), each named Top8000 rotamer of its residue type
+:data:`~cryostack.chem.rotamers.FAVORED_MIN`), each named Top8000 rotamer of its residue type
 plus its current conformation, and keeps the best-scoring one. Favoured side chains are left alone:
 they already sit in a well, and re-deciding them on noisy density would trade validated rotamers for
 density noise; allowed ones (0.3–2 %) are tried too because they are usually the edge of a wrong
@@ -37,15 +37,16 @@ are built and scored in one batch.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from cryostack.chem.rotamers import CENTRES_OF, CHI_ATOMS, FAVORED_MIN, GRID_OF, OUTLIER_BELOW, load_centres, load_grid
 from cryostack.geometry.clash import CLASH_SIGMA_A, HBOND_CONTACT_A
 from cryostack.geometry.restraints import dihedrals
 from cryostack.geometry.rotamer_prior import _interpolate, chi_quads, energy_grid
-from cryostack.validate.rotamers import _CENTRES_OF, CHI_ATOMS, FAVORED_MIN, GRID_OF, OUTLIER_BELOW, load_centres, load_grid
 
 #: Weight of the rotamer prior energy (per unit of −log percentile) against the density (z units).
 PRIOR_WEIGHT = 0.2
@@ -81,7 +82,7 @@ def _side(adj: dict[int, set[int]], start: int, blocked: int, residue_atoms: set
 class _Sidechains:
     """Per-residue chi quadruples and moving atoms of every refinable side chain of an objective."""
 
-    def __init__(self, objective):
+    def __init__(self, objective) -> None:
         arr = objective.atoms
         lookup = arr.atom_lookup()
         movable = objective.movable.cpu().numpy()
@@ -99,7 +100,7 @@ class _Sidechains:
         self.moving: list[list[np.ndarray]] = []  # per chi, atoms turned about that chi's bond
         for r, name in enumerate(arr.residue_names):
             quads = CHI_ATOMS.get(name)
-            if quads is None or not load_centres().get(_CENTRES_OF.get(name, name)):
+            if quads is None or not load_centres().get(CENTRES_OF.get(name, name)):
                 continue
             members = atoms_of[r]
             if not all(movable[i] for i in members) or any(altlocs[i] for i in members):
@@ -162,16 +163,26 @@ def _map_sampler(objective):
         for dx in (0, 1):
             for dy in (0, 1):
                 for dz in (0, 1):
-                    w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
+                    w = (
+                        (f[:, 0] if dx else 1 - f[:, 0])
+                        * (f[:, 1] if dy else 1 - f[:, 1])
+                        * (f[:, 2] if dz else 1 - f[:, 2])
+                    )
                     out += w * data[i0[:, 2] + dz, i0[:, 1] + dy, i0[:, 0] + dx]
         return out
 
     return sample
 
 
-def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELOW,
-                 prior_weight: float = PRIOR_WEIGHT, clash_weight: float = CLASH_WEIGHT,
-                 keep_outliers: bool = False) -> tuple[torch.Tensor, dict]:
+def fit_rotamers(
+    objective,
+    coords: torch.Tensor,
+    *,
+    try_below: float = TRY_BELOW,
+    prior_weight: float = PRIOR_WEIGHT,
+    clash_weight: float = CLASH_WEIGHT,
+    keep_outliers: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """Put each non-favoured side chain into its best-scoring Top8000 rotamer (an outlier always
     leaves its conformation unless ``keep_outliers``).
 
@@ -183,7 +194,13 @@ def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELO
     side_chain_topology(objective)
     sc = objective._rotamer_fit_sidechains
     arr = objective.atoms
-    stats = {"tried": 0, "changed": 0, "outliers_before": 0, "outliers_after": 0, "changed_residues": []}
+    stats: dict[str, Any] = {
+        "tried": 0,
+        "changed": 0,
+        "outliers_before": 0,
+        "outliers_after": 0,
+        "changed_residues": [],
+    }
     if not sc.residues:
         return x.to(coords.device), stats
 
@@ -210,21 +227,22 @@ def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELO
     n_chi_max = max(len(sc.quads[t]) for t in tried)
     local = [np.unique(np.concatenate([sc.quads[t].ravel(), *sc.moving[t]])) for t in tried]
     n_local = max(len(a) for a in local)
-    row_res, row_target, row_prior = [], [], []
+    res_of_row, target_rows, prior_rows = [], [], []
     for k, t in enumerate(tried):
         name = sc.names[t]
         n_chi = len(sc.quads[t])
-        targets = [current[t]] + [np.asarray(c["chi_deg"][:n_chi], dtype=np.float64)
-                                  for c in load_centres()[_CENTRES_OF.get(name, name)]]
+        targets = [current[t]] + [
+            np.asarray(c["chi_deg"][:n_chi], dtype=np.float64) for c in load_centres()[CENTRES_OF.get(name, name)]
+        ]
         targets = np.stack(targets)
-        row_prior.append(_prior_energy(GRID_OF[name], targets))
-        row_res.extend([k] * len(targets))
+        prior_rows.append(_prior_energy(GRID_OF[name], targets))
+        res_of_row.extend([k] * len(targets))
         padded = np.zeros((len(targets), n_chi_max))
         padded[:, :n_chi] = targets
-        row_target.append(padded)
-    row_res = np.asarray(row_res)
-    row_target = np.concatenate(row_target)
-    row_prior = np.concatenate(row_prior)
+        target_rows.append(padded)
+    row_res = np.asarray(res_of_row)
+    row_target = np.concatenate(target_rows)
+    row_prior = np.concatenate(prior_rows)
     n_rows = len(row_res)
 
     # Per tried residue: local atom table, chi quads and moving masks in local indices (padded).
@@ -281,7 +299,7 @@ def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELO
     final_scores = scores.copy()
     for k, (s, e) in enumerate(zip(starts, ends)):
         if scores[tried[k]] < OUTLIER_BELOW and not keep_outliers and e > s + 1:
-            best = s + 1 + int(np.argmin(total[s + 1:e]))
+            best = s + 1 + int(np.argmin(total[s + 1 : e]))
         else:
             best = s + int(np.argmin(total[s:e]))
             if best == s or total[best] > total[s] - MIN_GAIN:
@@ -295,7 +313,8 @@ def fit_rotamers(objective, coords: torch.Tensor, *, try_below: float = TRY_BELO
         r = sc.residues[t]
         label = f"{arr.chain_ids[arr.residue_chain[r]]}/{arr.residue_numbers[r]}{arr.insertion_codes[r]} {sc.names[t]}"
         stats["changed_residues"].append(
-            f"{label}: {_fmt(current[t])} ({scores[t]:.4f}) -> {_fmt(new_chis)} ({final_scores[t]:.4f})")
+            f"{label}: {_fmt(current[t])} ({scores[t]:.4f}) -> {_fmt(new_chis)} ({final_scores[t]:.4f})"
+        )
         stats["changed"] += 1
     stats["outliers_after"] = int((final_scores < OUTLIER_BELOW).sum())
     return out.to(coords.device), stats

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
 
+from cryostack.density.resolution import check_resolution
 from cryostack.errors import InputError
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, Structure
@@ -26,7 +27,6 @@ from cryostack.refine.objective import LossWeights, RefinementObjective
 
 #: Refinement is refused when more than this fraction of the model's atoms lies outside the map.
 MAX_OUTSIDE_FRACTION = 0.5
-MIN_RESOLUTION_A, MAX_RESOLUTION_A = 0.5, 50.0
 #: Polymer residues per crop aimed for when cropping.
 RESIDUES_PER_CROP = 600
 
@@ -36,28 +36,34 @@ def check_inputs(structure: Structure, density_map: DensityMap, resolution_A: fl
     residues with no monomer-library entry."""
     where_map = density_map.source or "map"
     where_model = structure.source or "model"
-    if resolution_A is None:
-        raise InputError(where_map, "refinement needs the map's resolution (--resolution, Å)")
-    if not (MIN_RESOLUTION_A <= float(resolution_A) <= MAX_RESOLUTION_A):
-        raise InputError(where_map, f"resolution {resolution_A} Å is outside the sensible range "
-                         f"{MIN_RESOLUTION_A}–{MAX_RESOLUTION_A} Å")
+    check_resolution(resolution_A, where=where_map, needed_for="refinement")
     arr = structure.atoms()
     idx = density_map.angstrom_to_voxel(arr.coords)
     outside = float(np.any((idx < 0) | (idx > np.array(density_map.shape) - 1), axis=1).mean())
     if outside > MAX_OUTSIDE_FRACTION:
-        raise InputError(where_model, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
-                         f"({where_map}); is this the right map, and are origin and axis order right?")
+        raise InputError(
+            where_model,
+            f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
+            f"({where_map}); is this the right map, and are origin and axis order right?",
+        )
     if not np.any(np.isin(arr.residue_class, (PROTEIN, DNA, RNA))):
         raise InputError(where_model, "no protein, DNA or RNA residues to refine")
-    from cryostack.validate.geometry import _monlib
+    from cryostack.chem.monlib import monomer_library
 
     names = tuple(sorted(set(arr.residue_names)))
-    monlib = _monlib(names)
-    unknown = [n for n in names if n not in monlib.monomers and not (gemmi.find_tabulated_residue(n) and
-                                                                       gemmi.find_tabulated_residue(n).is_water())]
+    monlib = monomer_library(names)
+    unknown = [
+        n
+        for n in names
+        if n not in monlib.monomers
+        and not (gemmi.find_tabulated_residue(n) and gemmi.find_tabulated_residue(n).is_water())
+    ]
     if unknown:
-        raise InputError(where_model, f"no monomer-library dictionary for residue(s) {', '.join(unknown)}; "
-                         "add their restraints to the library ($CRYOSTACK_MONLIB) or remove them")
+        raise InputError(
+            where_model,
+            f"no monomer-library dictionary for residue(s) {', '.join(unknown)}; "
+            "add their restraints to the library ($CRYOSTACK_MONLIB) or remove them",
+        )
 
 
 def refine(
@@ -163,7 +169,9 @@ def _sub_structure(structure: Structure, residues: np.ndarray) -> tuple[Structur
     return Structure(st), index
 
 
-def _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress) -> RefineResult:
+def _refine_crops(
+    structure, density_map, resolution_A, config, weights, optimizer, progress
+) -> tuple[RefineResult, RefinementObjective]:
     arr = structure.atoms()
     coords = arr.coords.astype(np.float32).copy()
     core, crops = crop_assignment(structure, config)
@@ -182,8 +190,10 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
         obj = RefinementObjective(sub, density_map, resolution_A, weights, device=config.device, movable=movable)
         cb = None
         if progress is not None:
+
             def cb(recycle, loss, terms, cc, _ci=ci):
                 progress(recycle, loss, terms, cc, crop=(_ci + 1, len(crops)))
+
         res = optimizer(obj, config, cb)
         mine = (atom_core[index] == crop_id) & movable
         coords[index[mine]] = res.coords[mine]
@@ -194,15 +204,25 @@ def _refine_crops(structure, density_map, resolution_A, config, weights, optimiz
     merged = structure.with_coordinates(coords)
     # The crops placed every domain: the seams need local relaxation only, not the whole-model
     # coarse and rigid-body stages (which would cost whole-model passes at every seam).
-    seam_config = RefineConfig(**{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4,
-                                  "coarse_recycles": 0, "rigid_steps": 0})
+    seam_config = RefineConfig(
+        **{**config.__dict__, "max_recycles": 1, "lr": config.lr * 0.4, "coarse_recycles": 0, "rigid_steps": 0}
+    )
     obj = RefinementObjective(merged, density_map, resolution_A, weights, device=config.device)
-    res = optimizer(obj, seam_config, None if progress is None else
-                    (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))))
+    res = optimizer(
+        obj,
+        seam_config,
+        None if progress is None else (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))),
+    )
     history.extend(res.history[1:])
     fits.append(res.rotamer_fit)
-    return RefineResult(coords=res.coords, history=history, method=config.method,
-                        best_recycle=res.best_recycle, crops=len(crops), rotamer_fit=_sum_fits(fits)), obj
+    return RefineResult(
+        coords=res.coords,
+        history=history,
+        method=config.method,
+        best_recycle=res.best_recycle,
+        crops=len(crops),
+        rotamer_fit=_sum_fits(fits),
+    ), obj
 
 
 def _sum_fits(fits: list) -> dict | None:
@@ -210,5 +230,9 @@ def _sum_fits(fits: list) -> dict | None:
     fits = [f for f in fits if f]
     if not fits:
         return None
-    return {"tried": sum(f["tried"] for f in fits), "changed": sum(f["changed"] for f in fits),
-            "kept": sum(bool(f.get("kept")) for f in fits), "stages": fits}
+    return {
+        "tried": sum(f["tried"] for f in fits),
+        "changed": sum(f["changed"] for f in fits),
+        "kept": sum(bool(f.get("kept")) for f in fits),
+        "stages": fits,
+    }

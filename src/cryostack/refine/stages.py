@@ -28,7 +28,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -54,8 +54,9 @@ RIGID_LR_A, RIGID_LR_RAD = 0.1, 0.01
 FIT_CC_TOLERANCE = 0.002
 
 
-def rigid_groups(objective: RefinementObjective, seed: int = 0,
-                 residues_per_group: int = RESIDUES_PER_GROUP) -> torch.Tensor:
+def rigid_groups(
+    objective: RefinementObjective, seed: int = 0, residues_per_group: int = RESIDUES_PER_GROUP
+) -> torch.Tensor:
     """Group id ``(N,)`` of every movable atom (−1 for fixed atoms): spatial k-means per chain,
     about ``residues_per_group`` residues per group."""
     arr = objective.atoms
@@ -94,8 +95,13 @@ def _rotation(v: torch.Tensor) -> torch.Tensor:
     return eye + s * K + (1 - c) * (K @ K)
 
 
-def rigid_fit(objective: RefinementObjective, x0: torch.Tensor, steps: int, seed: int = 0,
-              residues_per_group: int = RESIDUES_PER_GROUP) -> torch.Tensor:
+def rigid_fit(
+    objective: RefinementObjective,
+    x0: torch.Tensor,
+    steps: int,
+    seed: int = 0,
+    residues_per_group: int = RESIDUES_PER_GROUP,
+) -> torch.Tensor:
     """Coordinates after fitting one rotation and translation per rigid group to the objective."""
     groups = rigid_groups(objective, seed, residues_per_group)
     sel = groups >= 0
@@ -144,8 +150,9 @@ def place(objective: RefinementObjective, start: torch.Tensor, config: RefineCon
     return rigid_fit(objective, x0, config.rigid_steps, config.seed) if config.rigid_steps else x0
 
 
-def adam_steps(objective: RefinementObjective, x0: torch.Tensor, steps: int, lr: float,
-               *, decay_to_zero: bool = False) -> torch.Tensor:
+def adam_steps(
+    objective: RefinementObjective, x0: torch.Tensor, steps: int, lr: float, *, decay_to_zero: bool = False
+) -> torch.Tensor:
     """``(N, 3)`` coordinates after ``steps`` Adam steps on the movable atoms from ``x0``;
     ``decay_to_zero`` lets the step fall linearly to zero (the last moves too small to disturb
     settled geometry)."""
@@ -181,9 +188,15 @@ def record(objective, x: torch.Tensor, history: list, stage: str, progress) -> R
     return rec
 
 
-def fit_rotamers_and_polish(objective: RefinementObjective, best_x: torch.Tensor, best_loss: float,
-                            best_recycle: int, history: list, progress,
-                            polish: Callable[[torch.Tensor], torch.Tensor]):
+def fit_rotamers_and_polish(
+    objective: RefinementObjective,
+    best_x: torch.Tensor,
+    best_loss: float,
+    best_recycle: int,
+    history: list,
+    progress,
+    polish: Callable[[torch.Tensor], torch.Tensor],
+):
     """Rotamer fitting on ``best_x``, then ``polish(fitted) → (N, 3)`` (one short pass of the
     optimiser's own); returns the model to keep, its history index and the fitting stats (with
     ``kept``: whether the fitted model was returned)."""

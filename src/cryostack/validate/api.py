@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from cryostack.density.resolution import check_resolution
 from cryostack.errors import InputError
-from cryostack.io.atomic import atomic_output
+from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.io.maps import DensityMap, read_map
 from cryostack.io.models import PROTEIN, Structure, read_structure
 from cryostack.validate.stages import Stages, stage
+
+if TYPE_CHECKING:
+    from cryostack.validate.cbeta import CbetaResult
+    from cryostack.validate.geometry import GeometryResult
+    from cryostack.validate.mapfit import MapModelFit
+    from cryostack.validate.ramachandran import RamachandranResult
+    from cryostack.validate.reference import ReferenceResult
+    from cryostack.validate.rotamers import RotamerResult
 
 #: A map–model comparison is refused when more than this fraction of atoms lies outside the box.
 MAX_OUTSIDE_FRACTION = 0.5
@@ -24,12 +33,12 @@ class ValidationResult:
     """Sections are ``None`` when their inputs were not given (no map, no reference)."""
 
     model: str
-    map_model: object | None = None  # mapfit.MapModelFit
-    geometry: object | None = None  # geometry.GeometryResult
-    ramachandran: object | None = None
-    rotamer: object | None = None
-    cbeta: object | None = None
-    reference: object | None = None
+    map_model: MapModelFit | None = None
+    geometry: GeometryResult | None = None
+    ramachandran: RamachandranResult | None = None
+    rotamer: RotamerResult | None = None
+    cbeta: CbetaResult | None = None
+    reference: ReferenceResult | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -52,20 +61,8 @@ class ValidationResult:
 
     def write_json(self, path: str | Path) -> Path:
         with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=2))
+            tmp.write_text(json.dumps(jsonable(self.to_dict()), indent=2))
         return Path(path)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        return _jsonable(x.item())
-    return x
 
 
 def validate(
@@ -92,45 +89,61 @@ def validate(
         with stage(stages, "read inputs"):
             dmap = density if isinstance(density, DensityMap) else read_map(density)
         where = dmap.source or "map"
-        if resolution_A is None:
-            raise InputError(where, "a map needs --resolution (Å) for the map–model scores")
-        if not (0.5 <= resolution_A <= 50.0):
-            raise InputError(where, f"resolution {resolution_A} Å is outside the sensible range 0.5–50 Å")
-        halves = None
+        resolution_A = check_resolution(resolution_A, where=where, needed_for="map–model validation")
+        halves: tuple[DensityMap, DensityMap] | None = None
         if half_maps is not None:
             with stage(stages, "read inputs"):
-                halves = tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps)
+                halves = cast(
+                    "tuple[DensityMap, DensityMap]",
+                    tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps),
+                )
             for h in halves:
                 if h.shape != dmap.shape or any(abs(a - b) > 1e-3 for a, b in zip(h.voxel_size, dmap.voxel_size)):
-                    raise InputError(h.source, f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
-                                     f"differs from the map's {dmap.shape[::-1]} at {dmap.voxel_size[0]:.3f} Å")
+                    raise InputError(
+                        h.source,
+                        f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
+                        f"differs from the map's {dmap.shape[::-1]} at {dmap.voxel_size[0]:.3f} Å",
+                    )
         from cryostack.validate.mapfit import map_model_fit
 
         idx = dmap.angstrom_to_voxel(atoms.coords)
         outside = float(np.any((idx < 0) | (idx > np.array(dmap.shape) - 1), axis=1).mean())
         if outside > MAX_OUTSIDE_FRACTION:
-            raise InputError(name, f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
-                             f"({where}); is this the right map, and are origin and axis order right?")
-        result.map_model = map_model_fit(structure, dmap, resolution_A, half_maps=halves, compute_q=compute_q,
-                                         atoms=atoms, stages=stages)
+            raise InputError(
+                name,
+                f"{100 * outside:.0f}% of the model's atoms lie outside the map box "
+                f"({where}); is this the right map, and are origin and axis order right?",
+            )
+        result.map_model = map_model_fit(
+            structure, dmap, resolution_A, half_maps=halves, compute_q=compute_q, atoms=atoms, stages=stages
+        )
         if outside > 0:
             result.notes.append(f"{100 * outside:.1f}% of atoms lie outside the map box")
         if result.map_model.cc_peaks is not None and result.map_model.cc_peaks < 0:
-            result.notes.append("CC_peaks < 0: the map's strongest density lies mostly where the model has none "
-                                "(a partial model in a larger map?); CC_mask and the local CCs are the fit measures")
+            result.notes.append(
+                "CC_peaks < 0: the map's strongest density lies mostly where the model has none "
+                "(a partial model in a larger map?); CC_mask and the local CCs are the fit measures"
+            )
         if result.map_model.q_score_undefined_atoms:
-            result.notes.append(f"no Q-score for {result.map_model.q_score_undefined_atoms} atoms "
-                                "(within 2 Å of the map's edge, beyond it, or in flat density)")
+            result.notes.append(
+                f"no Q-score for {result.map_model.q_score_undefined_atoms} atoms "
+                "(within 2 Å of the map's edge, beyond it, or in flat density)"
+            )
 
     from cryostack.validate.geometry import geometry
 
     with stage(stages, "geometry and clashes"):
         result.geometry = geometry(structure)
     if result.geometry.residues_without_dictionary:
-        result.notes.append("no monomer-library entry for: " + ", ".join(result.geometry.residues_without_dictionary)
-                            + " (left out of geometry scores)")
+        result.notes.append(
+            "no monomer-library entry for: "
+            + ", ".join(result.geometry.residues_without_dictionary)
+            + " (left out of geometry scores)"
+        )
     if result.geometry.clashscore_method.startswith("heavy-atom"):
-        result.notes.append("clashscore is heavy-atom based (no hydrogens in the model): lower than MolProbity's all-atom value")
+        result.notes.append(
+            "clashscore is heavy-atom based (no hydrogens in the model): lower than MolProbity's all-atom value"
+        )
 
     has_protein = bool((atoms.residue_class == PROTEIN).any())
     if has_protein:

@@ -30,99 +30,13 @@ from typing import Any
 import gemmi
 import numpy as np
 
-from cryostack.validate.residues import (
-    COMMON_AMINO_ACIDS,
-    D_AMINO_ACIDS,
-    ResidueRecord,
-    altloc_of,
-    as_model,
-    conformer_atoms,
-    residue_altlocs,
-    residue_groups,
-)
+from cryostack.chem.cbeta import cross3, ideal_cbeta, ideal_geometry
+from cryostack.chem.conformers import altloc_of, as_model, conformer_atoms, residue_altlocs, residue_groups
+from cryostack.validate.residues import ResidueRecord
 
 #: Deviations at or above this (Å) are outliers.
 OUTLIER_MIN_A = 0.25
-
-
-@dataclass(frozen=True)
-class IdealCbeta:
-    """Ideal Cβ geometry: CA–CB distance (Å), C–CA–CB and N–CA–CB angles, N–C–CA–CB and
-    C–N–CA–CB dihedrals (degrees, L-amino acid signs)."""
-
-    ca_cb_A: float
-    c_ca_cb_deg: float
-    n_c_ca_cb_deg: float
-    n_ca_cb_deg: float
-    c_n_ca_cb_deg: float
-
-    def mirrored(self) -> "IdealCbeta":
-        """The D-amino-acid geometry (dihedrals with the opposite sign)."""
-        return IdealCbeta(self.ca_cb_A, self.c_ca_cb_deg, -self.n_c_ca_cb_deg, self.n_ca_cb_deg, -self.c_n_ca_cb_deg)
-
-
-_ALA = IdealCbeta(1.536, 110.1, 122.9, 110.6, -122.6)
-_PRO = IdealCbeta(1.530, 112.2, 115.1, 103.0, -120.7)
-_BETA_BRANCHED = IdealCbeta(1.540, 109.1, 123.4, 111.5, -122.0)
-_OTHER = IdealCbeta(1.530, 110.1, 122.8, 110.5, -122.6)
-_IDEAL_BY_NAME: dict[str, IdealCbeta] = {
-    "ALA": _ALA, "DAL": _ALA,
-    "PRO": _PRO, "DPR": _PRO,
-    "VAL": _BETA_BRANCHED, "THR": _BETA_BRANCHED, "ILE": _BETA_BRANCHED,
-    "DVA": _BETA_BRANCHED, "DTH": _BETA_BRANCHED, "DIL": _BETA_BRANCHED,
-}  # fmt: skip
 _RELEVANT = frozenset({"N", "CA", "C", "CB"})
-
-
-def ideal_geometry(name: str, chiral_volume_A3: float | None = None) -> IdealCbeta:
-    """Ideal Cβ geometry of residue ``name``.
-
-    Common amino acids are L; D-amino-acid names are mirrored whatever their hand (a misnamed
-    residue then shows up as an outlier); any other residue is mirrored when its chiral volume
-    (N–CA)·((CB–CA)×(C–CA)) is positive (D-like; L gives about −2.5 Å³). Without a chiral
-    volume the L geometry is returned.
-    """
-    ideal = _IDEAL_BY_NAME.get(name, _OTHER)
-    if name in COMMON_AMINO_ACIDS or chiral_volume_A3 is None:
-        return ideal
-    if name in D_AMINO_ACIDS or chiral_volume_A3 > 0:
-        return ideal.mirrored()
-    return ideal
-
-
-def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Cross product of two 3-vectors: the same arithmetic as ``np.cross`` without its
-    per-call axis handling, which dominated the time of this module."""
-    u0, u1, u2 = u
-    v0, v1, v2 = v
-    return np.array([u1 * v2 - u2 * v1, u2 * v0 - u0 * v2, u0 * v1 - u1 * v0])
-
-
-def place_atom(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond_A: float, angle_deg: float, dihedral_deg: float) -> np.ndarray:
-    """Position of D with |CD| = ``bond_A``, angle B–C–D = ``angle_deg`` and dihedral
-    A–B–C–D = ``dihedral_deg`` (natural extension reference frame); NaNs when A, B, C are
-    collinear or coincide."""
-    bc = c - b
-    normal = _cross(b - a, bc)
-    bc_len, normal_len = np.linalg.norm(bc), np.linalg.norm(normal)
-    if bc_len < 1e-6 or normal_len < 1e-6:
-        return np.full(3, np.nan)
-    bc /= bc_len
-    normal /= normal_len
-    theta, chi = np.radians(angle_deg), np.radians(dihedral_deg)
-    local = bond_A * np.array([-np.cos(theta), np.sin(theta) * np.cos(chi), np.sin(theta) * np.sin(chi)])
-    frame = np.column_stack([bc, _cross(normal, bc), normal])
-    return c + frame @ local
-
-
-def ideal_cbeta(n: np.ndarray, ca: np.ndarray, c: np.ndarray, ideal: IdealCbeta) -> np.ndarray:
-    """Ideal Cβ position (Å) from backbone N, CA, C: mean of the two constructions, rescaled to
-    the ideal CA–CB distance."""
-    from_n_c = place_atom(n, c, ca, ideal.ca_cb_A, ideal.c_ca_cb_deg, ideal.n_c_ca_cb_deg)
-    from_c_n = place_atom(c, n, ca, ideal.ca_cb_A, ideal.n_ca_cb_deg, ideal.c_n_ca_cb_deg)
-    mean = (from_n_c + from_c_n) / 2.0
-    length = np.linalg.norm(mean - ca)
-    return ca + (mean - ca) * (ideal.ca_cb_A / length) if length > 0 else mean
 
 
 @dataclass(frozen=True)
@@ -131,7 +45,7 @@ class CbetaDeviation(ResidueRecord):
     alternates."""
 
     chain: str
-    number: int
+    number: int | None
     icode: str
     name: str
     altloc: str
@@ -186,7 +100,7 @@ def cbeta_deviation_A(atoms: dict[str, gemmi.Atom], name: str) -> float:
     """Cβ deviation (Å) of a residue given its N, CA, C and CB atoms (NaN for a degenerate
     backbone: N, CA, C collinear)."""
     n, ca, c, cb = (_xyz(atoms[k]) for k in ("N", "CA", "C", "CB"))
-    chiral_volume = float(np.dot(n - ca, _cross(cb - ca, c - ca)))
+    chiral_volume = float(np.dot(n - ca, cross3(cb - ca, c - ca)))
     ideal = ideal_cbeta(n, ca, c, ideal_geometry(name, chiral_volume))
     return float(np.linalg.norm(cb - ideal))
 

@@ -13,41 +13,19 @@ clashes than MolProbity's all-atom Probe score. The output says which was used.
 from __future__ import annotations
 
 import math
-import os
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
 import gemmi
 import numpy as np
 from scipy import sparse
 from scipy.spatial import cKDTree
 
+from cryostack.chem.contacts import CLASH_OVERLAP_A, HBOND_ELEMENTS, HBOND_MIN_DISTANCE_A, VDW_RADII_A
+from cryostack.chem.monlib import atom_key, topology
 from cryostack.io.models import Structure
 
 OUTLIER_SIGMA = 4.0
-CLASH_OVERLAP_A = 0.4
-#: Probe-like van der Waals radii (Å) for heavy atoms; polar pairs that can hydrogen-bond are
-#: allowed to approach closer (see ``HBOND_MIN_DISTANCE_A``).
-VDW_RADII_A = {"C": 1.70, "N": 1.55, "O": 1.40, "S": 1.80, "P": 1.80, "SE": 1.90, "H": 1.10}
-HBOND_ELEMENTS = {"N", "O"}
-HBOND_MIN_DISTANCE_A = 2.5
-
-
-def monomer_library_dir() -> Path:
-    """The complete CCP4 monomer library: ``$CRYOSTACK_MONLIB``, else the coot-headless-api copy."""
-    env = os.environ.get("CRYOSTACK_MONLIB")
-    if env:
-        return Path(env)
-    import coot_headless_api
-
-    return Path(coot_headless_api.__file__).parent / "share" / "coot" / "lib" / "data" / "monomers"
-
-
-@lru_cache(maxsize=8)
-def _monlib(names: tuple[str, ...]) -> gemmi.MonLib:
-    return gemmi.read_monomer_lib(str(monomer_library_dir()), list(names), ignore_missing=True)
 
 
 def _res_ref(cra_or_res, chain_name: str | None = None) -> dict:
@@ -89,60 +67,18 @@ class GeometryResult:
         }
 
 
-def _topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
-    names = tuple(sorted(structure.model.get_all_residue_names()))
-    monlib = _monlib(names)
-    missing = [n for n in names if n not in monlib.monomers]
-    dropped: list[tuple[str, str, str]] = []  # (chain, seqid, atom name) the dictionary does not know
-
-    def prepared() -> gemmi.Structure:
-        st = structure.gemmi.clone()
-        st.setup_entities()
-        if missing:
-            # Score what has a dictionary; report the rest.
-            for chain in st[0]:
-                for i in reversed(range(len(chain))):
-                    if chain[i].name in missing:
-                        del chain[i]
-            st.remove_empty_chains()
-        for chain, seqid, atom_name in dropped:
-            res = st[0][chain][seqid][0]
-            for i in reversed([i for i, a in enumerate(res) if a.name == atom_name]):
-                del res[i]
-        return st
-
-    # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out. A
-    # failed prepare_topology can leave links and serials half set up, so each try starts afresh.
-    for _ in range(1000):
-        st = prepared()
-        try:
-            topo = gemmi.prepare_topology(
-                st, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange, reorder=False,
-                warnings=None, ignore_unknown_links=True,
-            )
-            return st, topo, missing
-        except RuntimeError as exc:
-            m = re.match(r"definition not found for (\S+)/(\S+) +(-?\d+)(\S?)/(\S+)", str(exc))
-            if not m:
-                raise
-            chain, resname, num, icode, atom_name = m.groups()
-            missing.append(f"{chain}/{resname}{num}{icode}/{atom_name}")
-            dropped.append((chain, f"{num}{icode}", atom_name))
-    raise RuntimeError("too many atoms without a dictionary definition")
-
-
 def _atom_ref(atom: gemmi.Atom, res: gemmi.Residue, chain: str) -> str:
     return f"{chain}/{res.name}{res.seqid.num}{res.seqid.icode.strip()}/{atom.name}"
 
 
 def geometry(structure: Structure) -> GeometryResult:
     """Bond/angle RMSD and outliers, chirality, peptide ω and clashscore of the first model."""
-    st, topo, missing = _topology(structure)
+    st, topo, missing = topology(structure)
     # gemmi returns fresh Python wrappers for topology atoms, so atoms are matched by key.
-    where = {_key(atom): (res, chain.name) for chain in st[0] for res in chain for atom in res}
+    where = {atom_key(atom): (res, chain.name) for chain in st[0] for res in chain for atom in res}
 
     def ref(atom: gemmi.Atom) -> tuple[str, dict]:
-        res, ch = where[_key(atom)]
+        res, ch = where[atom_key(atom)]
         return _atom_ref(atom, res, ch), _res_ref(res, ch)
 
     bond_dev, bond_out = [], []
@@ -153,8 +89,15 @@ def geometry(structure: Structure) -> GeometryResult:
         if abs(dev) > OUTLIER_SIGMA * b.restr.esd:
             a1, r = ref(b.atoms[0])
             a2, _ = ref(b.atoms[1])
-            bond_out.append({**r, "atoms": f"{a1}–{a2}", "model_A": round(d, 3), "ideal_A": b.restr.value,
-                             "sigmas": round(dev / b.restr.esd, 1)})
+            bond_out.append(
+                {
+                    **r,
+                    "atoms": f"{a1}–{a2}",
+                    "model_A": round(d, 3),
+                    "ideal_A": b.restr.value,
+                    "sigmas": round(dev / b.restr.esd, 1),
+                }
+            )
     ang_dev, ang_out = [], []
     for a in topo.angles:
         v = math.degrees(a.calculate())
@@ -162,8 +105,15 @@ def geometry(structure: Structure) -> GeometryResult:
         ang_dev.append(dev)
         if abs(dev) > OUTLIER_SIGMA * a.restr.esd:
             a1, r = ref(a.atoms[1])
-            ang_out.append({**r, "atoms": "–".join(x.name for x in a.atoms), "model_deg": round(v, 1),
-                            "ideal_deg": a.restr.value, "sigmas": round(dev / a.restr.esd, 1)})
+            ang_out.append(
+                {
+                    **r,
+                    "atoms": "–".join(x.name for x in a.atoms),
+                    "model_deg": round(v, 1),
+                    "ideal_deg": a.restr.value,
+                    "sigmas": round(dev / a.restr.esd, 1),
+                }
+            )
     chir = []
     for c in topo.chirs:
         if c.restr.is_wrong(c.calculate()):
@@ -189,19 +139,18 @@ def geometry(structure: Structure) -> GeometryResult:
     )
 
 
-def _key(atom: gemmi.Atom) -> tuple:
-    # Topology atoms are copies of the structure's atoms, so their coordinates compare exactly.
-    p = atom.pos
-    return (atom.name, atom.altloc, p.x, p.y, p.z)
-
-
 def _peptide_omega(st: gemmi.Structure) -> tuple[list[dict], list[dict]]:
     """Cis (|ω| < 30°) and twisted (30° ≤ |ω| < 150°) peptides, as MolProbity's omegalyze."""
     cis, twisted = [], []
     for chain in st[0]:
         polymer = list(chain.get_polymer())
         for prev, res in zip(polymer, polymer[1:]):
-            ca1, c1, n2, ca2 = prev.find_atom("CA", "*"), prev.find_atom("C", "*"), res.find_atom("N", "*"), res.find_atom("CA", "*")
+            ca1, c1, n2, ca2 = (
+                prev.find_atom("CA", "*"),
+                prev.find_atom("C", "*"),
+                res.find_atom("N", "*"),
+                res.find_atom("CA", "*"),
+            )
             if not all((ca1, c1, n2, ca2)) or c1.pos.dist(n2.pos) > 2.0:  # chain break
                 continue
             omega = math.degrees(gemmi.calculate_dihedral(ca1.pos, c1.pos, n2.pos, ca2.pos))
@@ -227,7 +176,7 @@ def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[
         return None, [], "none"
     has_h = any(a.is_hydrogen() for a in atoms)
     method = "all-atom (model hydrogens)" if has_h else "heavy-atom (no hydrogens in model)"
-    index = {_key(a): i for i, a in enumerate(atoms)}
+    index = {atom_key(a): i for i, a in enumerate(atoms)}
     xyz = np.array([a.pos.tolist() for a in atoms])
     elem = [a.element.name.upper() for a in atoms]
     elem_arr = np.array(elem)
@@ -236,7 +185,7 @@ def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[
     # Bond graph from the topology; pairs within three bonds are excluded.
     bi, bj = [], []
     for b in topo.bonds:
-        i, j = index.get(_key(b.atoms[0])), index.get(_key(b.atoms[1]))
+        i, j = index.get(atom_key(b.atoms[0])), index.get(atom_key(b.atoms[1]))
         if i is not None and j is not None:
             bi.append(i)
             bj.append(j)
@@ -250,7 +199,7 @@ def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[
     hbond = polar[p1] & polar[p2] & (d >= HBOND_MIN_DISTANCE_A)  # a plausible hydrogen bond, not a clash
     keep = (overlap >= CLASH_OVERLAP_A) & ~hbond
     keep[keep] = ~_within_bonds(bi, bj, len(atoms), p1[keep], p2[keep], 3)
-    clashes = []
+    clashes: list[dict[str, Any]] = []
     for i, j, dist, ov in zip(p1[keep], p2[keep], d[keep], overlap[keep]):
         ci, ri = info[i]
         cj, rj = info[j]
@@ -266,9 +215,13 @@ def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[
     return 1000.0 * len(clashes) / len(atoms), clashes, method
 
 
-def _within_bonds(bond_i: list[int], bond_j: list[int], n_atoms: int, i: np.ndarray, j: np.ndarray, depth: int) -> np.ndarray:
+def _within_bonds(
+    bond_i: list[int], bond_j: list[int], n_atoms: int, i: np.ndarray, j: np.ndarray, depth: int
+) -> np.ndarray:
     """Whether atoms ``i[k]`` and ``j[k]`` are joined by a path of at most ``depth`` bonds."""
-    adj = sparse.coo_matrix((np.ones(2 * len(bond_i)), (bond_i + bond_j, bond_j + bond_i)), shape=(n_atoms, n_atoms)).tocsr()
+    adj = sparse.coo_matrix(
+        (np.ones(2 * len(bond_i)), (bond_i + bond_j, bond_j + bond_i)), shape=(n_atoms, n_atoms)
+    ).tocsr()
     adj.data[:] = 1.0
     reach, walk = adj.copy(), adj
     for _ in range(depth - 1):

@@ -28,21 +28,20 @@ from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
-import scipy.fft
 import torch
 from scipy.integrate import trapezoid
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
-from cryostack.density.fourier import frequency_squared
+from cryostack.chem.residues import NUCLEIC_BACKBONE, PROTEIN_MAIN_CHAIN
+from cryostack.density.fsc import fsc_curve, fsc_resolution
+from cryostack.density.masks import sphere_points
 from cryostack.density.metrics import correlation
 from cryostack.density.simulate import fcalc_map
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, AtomArrays, Structure
 from cryostack.validate.stages import Stages, stage
 
-_MAIN_CHAIN = {"N", "CA", "C", "O"}
-_NUCLEIC_BACKBONE = {"P", "OP1", "OP2", "OP3", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'"}
 SOLVENT_RADIUS_A = 1.1
 SHRINK_RADIUS_A = 0.9
 
@@ -114,59 +113,6 @@ def molecular_mask(atoms: AtomArrays, density: DensityMap) -> np.ndarray:
     return out
 
 
-def sphere_points(
-    coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid points within ``radius_A`` of each atom, as pairs.
-
-    Returns ``(atom, voxel)``: the row of ``coords`` ``(N, 3)`` Å and the flat ``[z, y, x]`` index
-    of every grid point inside the map within ``radius_A`` of that atom, grouped by atom in
-    input order. One small offset stencil is reused for every atom, so the cost grows with the
-    number of atoms, not with the map.
-    """
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
-    vox = np.asarray(density.voxel_size, dtype=np.float64)
-    h = np.ceil(radius_A / vox).astype(int) + 1  # x, y, z
-    off = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in h[::-1]], indexing="ij"), -1).reshape(-1, 3)  # z, y, x
-    off_A = off[:, ::-1] * vox  # x, y, z
-    # An atom lies within half a voxel of its nearest grid point along each axis.
-    keep = np.linalg.norm(off_A, axis=1) <= radius_A + 0.5 * np.linalg.norm(vox) + 1e-6
-    off, off_A = off[keep], off_A[keep]
-    shape = np.array(density.shape)
-    strides = np.array([shape[1] * shape[2], shape[2], 1])
-    off_flat = off @ strides
-    r2 = radius_A**2
-    chunk = max(1, min(chunk, (1 << 24) // len(off)))  # ≤ 16 M atom-offset pairs (128 MB) at once
-    atoms_out, voxels_out = [], []
-    for s0 in range(0, len(coords), chunk):
-        c = coords[s0 : s0 + chunk]
-        base = np.rint(density.angstrom_to_voxel(c)).astype(np.int64)  # (m, 3) z, y, x
-        delta = c - density.voxel_to_angstrom(base)  # atom relative to its voxel, x, y, z
-        # Squared distances summed axis by axis (x, y, z), without (m, K, 3) temporaries.
-        d2 = (off_A[None, :, 0] - delta[:, 0, None]) ** 2
-        d2 += (off_A[None, :, 1] - delta[:, 1, None]) ** 2
-        d2 += (off_A[None, :, 2] - delta[:, 2, None]) ** 2
-        near = d2 <= r2
-        # Only atoms whose stencil reaches past the map's edge need the per-axis bounds check.
-        edge = np.nonzero(np.any((base - h[::-1] < 0) | (base + h[::-1] >= shape), axis=1))[0]
-        for ax in range(3):
-            i = base[edge, ax, None] + off[None, :, ax]
-            near[edge] &= (i >= 0) & (i < shape[ax])
-        rows, cols = np.nonzero(near)
-        atoms_out.append(rows + s0)
-        voxels_out.append((base @ strides)[rows] + off_flat[cols])
-    if not atoms_out:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(atoms_out), np.concatenate(voxels_out)
-
-
-def sphere_mask(coords: np.ndarray, radius_A: float, density: DensityMap, chunk: int = 4096) -> np.ndarray:
-    """Boolean ``[z, y, x]`` mask of grid points within ``radius_A`` of any of ``coords`` ``(N, 3)``."""
-    out = np.zeros(density.shape, dtype=bool)
-    out.ravel()[sphere_points(coords, radius_A, density, chunk)[1]] = True
-    return out
-
-
 def _voxels_by_group(
     group_of_pair: np.ndarray, voxels: np.ndarray, n_voxels: int, n_groups: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -215,46 +161,6 @@ def _top_n(values: np.ndarray, n: int) -> np.ndarray:
     n = int(min(max(n, 1), values.size - 1))
     cutoff = np.partition(values, values.size - 1 - n)[values.size - 1 - n]
     return values >= cutoff
-
-
-# ---------------------------------------------------------------------------------------------
-# FSC
-# ---------------------------------------------------------------------------------------------
-def fsc_curve(map1: np.ndarray, map2: np.ndarray, voxel_size: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier shell correlation. Returns shell centres (1/Å) and FSC values.
-
-    Shells are ``1 / (box edge)`` wide along the longest box edge, up to Nyquist of the
-    coarsest axis, so anisotropic voxels and non-cubic boxes are handled in 1/Å.
-    """
-    f1 = scipy.fft.rfftn(map1.astype(np.float64), workers=-1)
-    f2 = scipy.fft.rfftn(map2.astype(np.float64), workers=-1)
-    s = np.sqrt(frequency_squared(map1.shape, voxel_size))
-    extent = max(n * v for n, v in zip(map1.shape[::-1], voxel_size))
-    width = 1.0 / extent
-    s_max = 1.0 / (2.0 * max(voxel_size))
-    shell = np.floor(s / width + 0.5).astype(np.int64).ravel()
-    n_shells = int(np.floor(s_max / width + 0.5)) + 1
-    # Shells beyond Nyquist are summed into their own bins and dropped (no copies of f1, f2).
-    num = np.bincount(shell, weights=(f1 * np.conj(f2)).real.ravel(), minlength=n_shells)[:n_shells]
-    d1 = np.bincount(shell, weights=(np.abs(f1) ** 2).ravel(), minlength=n_shells)[:n_shells]
-    d2 = np.bincount(shell, weights=(np.abs(f2) ** 2).ravel(), minlength=n_shells)[:n_shells]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fsc = np.where((d1 > 0) & (d2 > 0), num / np.sqrt(d1 * d2), 0.0)
-    freq = np.arange(n_shells) * width
-    return freq[1:], fsc[1:]
-
-
-def fsc_resolution(freq: np.ndarray, fsc: np.ndarray, threshold: float) -> float | None:
-    """Resolution (Å) where the FSC first falls below ``threshold`` (linear interpolation)."""
-    below = np.nonzero(fsc < threshold)[0]
-    if below.size == 0:
-        return float(1.0 / freq[-1])
-    i = int(below[0])
-    if i == 0:
-        return None
-    f0, f1, c0, c1 = freq[i - 1], freq[i], fsc[i - 1], fsc[i]
-    s = f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1)
-    return float(1.0 / s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +218,7 @@ def q_scores(
     u[:, 0, :] = density.interpolate(xyz)[:, None]  # r = 0
     w[:, 0, :] = True
     v[:, 0, :] = a_ref + b_ref
-    rows, shells, slots, where = [], [], [], []
+    row_parts, shell_parts, slot_parts, where = [], [], [], []
     for s_i, r in enumerate(radii, start=1):
         rot = _random_rotation(rng)
         dirs = (sphere @ rot.T * r).astype(np.float32)  # (C, 3)
@@ -334,12 +240,12 @@ def q_scores(
         # The first points_per_shell valid candidates of each atom fill its slots in order.
         rank = np.cumsum(ok, axis=1) - 1
         a_idx, c_sel = np.nonzero(ok & (rank < points_per_shell))
-        rows.append(a_idx)
-        shells.append(np.full(a_idx.size, s_i))
-        slots.append(rank[a_idx, c_sel])
+        row_parts.append(a_idx)
+        shell_parts.append(np.full(a_idx.size, s_i))
+        slot_parts.append(rank[a_idx, c_sel])
         where.append(xyz[a_idx] + dirs[c_sel])
         v[:, s_i, :] = a_ref * math.exp(-(r**2) / (2 * sigma_ref_A**2)) + b_ref
-    rows, shells, slots = np.concatenate(rows), np.concatenate(shells), np.concatenate(slots)
+    rows, shells, slots = np.concatenate(row_parts), np.concatenate(shell_parts), np.concatenate(slot_parts)
     u[rows, shells, slots] = density.interpolate(np.concatenate(where))
     w[rows, shells, slots] = True
     u, v, w = u.reshape(n, -1), v.reshape(n, -1), w.reshape(n, -1).astype(np.float64)
@@ -416,6 +322,7 @@ class MapModelFit:
             "per_residue": self.per_residue,
         }
         if self.half_map_fsc is not None:
+            assert self.half_map_fsc_freq is not None  # the half-map curve and its frequencies are set together
             d["half_map_fsc0143_resolution"] = self.half_map_fsc0143_resolution
             d["half_map_fsc_curve"] = {
                 "spatial_frequency_per_A": self.half_map_fsc_freq.tolist(),
@@ -465,7 +372,10 @@ def map_model_fit(
         rclass = atoms.residue_class[atoms.residue_index]
         is_protein = rclass == PROTEIN
         is_nucleic = np.isin(rclass, (DNA, RNA))
-        main = heavy & ((is_protein & np.isin(names, list(_MAIN_CHAIN))) | (is_nucleic & np.isin(names, list(_NUCLEIC_BACKBONE))))
+        main = heavy & (
+            (is_protein & np.isin(names, list(PROTEIN_MAIN_CHAIN)))
+            | (is_nucleic & np.isin(names, list(NUCLEIC_BACKBONE)))
+        )
         side = heavy & (is_protein | is_nucleic) & ~main
 
         # Grid points near each heavy atom, found once and shared by every local CC and the FSC mask.

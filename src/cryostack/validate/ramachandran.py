@@ -28,109 +28,35 @@ Conventions shared with MolProbity's ``ramalyze`` (results agree residue for res
   count each residue once, from its blank or ``A`` conformation.
 
 Reference data: Richardson lab, Duke University — Top8000 reference data (CC-BY 4.0); see
-``data/rama/README.md``.
+``cryostack/chem/data/rama/README.md``.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import gemmi
 import numpy as np
 
-from cryostack.validate.residues import (
-    COMMON_AMINO_ACIDS,
-    ClassifiedCounts,
-    ResidueRecord,
-    altloc_of,
-    as_model,
-    conformer_atoms,
-    omega_deg,
-    peptide_linked,
-    phi_psi_deg,
-    residue_altlocs,
+from cryostack.chem.conformers import altloc_of, as_model, conformer_atoms, peptide_linked, phi_psi_deg, residue_altlocs
+from cryostack.chem.ramachandran import (
+    CATEGORIES,
+    CATEGORY_LABELS,
+    FAVORED_MIN,
+    N_BINS,
+    OUTLIER_BELOW,
+    category,
+    classify,
+    load_tables,
+    score,
 )
-
-#: Category keys, in MolProbity's order.
-CATEGORIES: tuple[str, ...] = ("general", "gly", "cispro", "transpro", "prepro", "ileval")
-#: Human labels of the categories.
-CATEGORY_LABELS: dict[str, str] = {
-    "general": "General",
-    "gly": "Gly",
-    "cispro": "cis-Pro",
-    "transpro": "trans-Pro",
-    "prepro": "pre-Pro",
-    "ileval": "Ile/Val",
-}
-#: Score at or above which a residue is favoured (all categories).
-FAVORED_MIN = 0.02
-#: Score below which a residue is an outlier, per category.
-OUTLIER_BELOW: dict[str, float] = {
-    "general": 0.0005,
-    "gly": 0.001,
-    "cispro": 0.002,
-    "transpro": 0.001,
-    "prepro": 0.001,
-    "ileval": 0.001,
-}
+from cryostack.chem.residues import COMMON_AMINO_ACIDS
+from cryostack.validate.residues import ClassifiedCounts, ResidueRecord
 
 #: Atoms whose altlocs define the conformers scanned (main chain, CB and amide H).
 _CONFORMER_ATOMS = frozenset({"N", "CA", "C", "O", "CB", "H", "HNO"})
-_N_BINS = 180
-_TABLE_FILE = "top8000_rama.npz"
-
-
-@functools.lru_cache(maxsize=1)
-def load_tables() -> dict[str, np.ndarray]:
-    """The six Top8000 tables: category → ``(180, 180)`` array ``[phi_bin, psi_bin]``,
-    bin ``k`` centred at ``-179 + 2k`` degrees (read-only)."""
-    ref = resources.files("cryostack.validate").joinpath("data", "rama", _TABLE_FILE)
-    with resources.as_file(ref) as path, np.load(path) as npz:
-        tables = {key: np.array(npz[key], dtype=np.float64) for key in CATEGORIES}
-    for table in tables.values():
-        if table.shape != (_N_BINS, _N_BINS):
-            raise ValueError(f"corrupt Ramachandran table in {_TABLE_FILE}: shape {table.shape}")
-        table.flags.writeable = False
-    return tables
-
-
-def _axis_cell(angle_deg: float) -> tuple[int, int, float]:
-    """Bins bracketing ``angle_deg`` and the fraction of the way from the lower to the upper
-    bin centre. Centres lie at odd degrees; the angle is first wrapped into [-180, 180]."""
-    x = angle_deg
-    while x > 180.0:
-        x -= 360.0
-    while x < -180.0:
-        x += 360.0
-    lower_deg = 2.0 * math.floor((x - 1.0) / 2.0) + 1.0  # largest odd integer ≤ x
-    lower_bin = int((lower_deg + 179.0) // 2.0) % _N_BINS
-    return lower_bin, (lower_bin + 1) % _N_BINS, (x - lower_deg) / 2.0
-
-
-def grid_score(table: np.ndarray, phi_deg: float, psi_deg: float) -> float:
-    """Bilinear interpolation of a Ramachandran table at (phi, psi) in degrees."""
-    i0, i1, tx = _axis_cell(phi_deg)
-    j0, j1, ty = _axis_cell(psi_deg)
-    low = table[i0, j0] + (table[i1, j0] - table[i0, j0]) * tx
-    high = table[i0, j1] + (table[i1, j1] - table[i0, j1]) * tx
-    return float(low + (high - low) * ty)
-
-
-def score(category: str, phi_deg: float, psi_deg: float) -> float:
-    """Top8000 score (0–1, a percentile fraction) of (phi, psi) in ``category``."""
-    return grid_score(load_tables()[category], phi_deg, psi_deg)
-
-
-def classify(category: str, value: float) -> str:
-    """``"favored"``, ``"allowed"`` or ``"outlier"`` for a score in ``category``."""
-    if value >= FAVORED_MIN:
-        return "favored"
-    return "allowed" if value >= OUTLIER_BELOW[category] else "outlier"
 
 
 @dataclass(frozen=True)
@@ -138,7 +64,7 @@ class RamaResidue(ResidueRecord):
     """One residue (conformation) on the Ramachandran plot; angles in degrees, ``score`` 0–1."""
 
     chain: str
-    number: int
+    number: int | None
     icode: str
     name: str
     altloc: str
@@ -170,22 +96,6 @@ class RamachandranResult(ClassifiedCounts):
     residues: list[RamaResidue] = field(default_factory=list)
 
 
-def _category(name: str, next_name: str, prev_atoms: dict, atoms: dict) -> str:
-    """MolProbity category of a residue, given its name, the next residue's and the atoms
-    needed for the proline peptide torsion."""
-    if name == "GLY":
-        return "gly"
-    if name == "PRO":
-        # omega needs a complete C, CA, N previous residue; without it the Pro counts as trans.
-        omega = omega_deg(prev_atoms, atoms) if {"N", "CA", "C"} <= prev_atoms.keys() else None
-        return "cispro" if omega is not None and -90.0 < omega < 90.0 else "transpro"
-    if next_name == "PRO":
-        return "prepro"
-    if name in ("ILE", "VAL"):
-        return "ileval"
-    return "general"
-
-
 def _chain_records(chain: gemmi.Chain) -> list[RamaResidue]:
     """All Ramachandran records of one chain (every conformer, duplicates included)."""
     amino = [res for res in chain if res.name in COMMON_AMINO_ACIDS]
@@ -209,8 +119,8 @@ def _chain_records(chain: gemmi.Chain) -> list[RamaResidue]:
             phi, psi = angles
             involved = list(cur.values()) + [prev["C"], nxt["N"]]
             altloc = next((altloc_of(a) for a in involved if altloc_of(a)), "")
-            category = _category(res.name, nxt_res.name, prev, cur)
-            value = score(category, phi, psi)
+            cat = category(res.name, nxt_res.name, prev, cur)
+            value = score(cat, phi, psi)
             records.append(
                 RamaResidue(
                     chain=chain.name,
@@ -218,11 +128,11 @@ def _chain_records(chain: gemmi.Chain) -> list[RamaResidue]:
                     icode=res.seqid.icode.strip(),
                     name=res.name,
                     altloc=altloc,
-                    category=category,
+                    category=cat,
                     phi_deg=phi,
                     psi_deg=psi,
                     score=value,
-                    classification=classify(category, value),
+                    classification=classify(cat, value),
                 )
             )
     return records
@@ -233,8 +143,8 @@ def ramachandran(structure: Any) -> RamachandranResult:
     ``gemmi.Structure`` or ``gemmi.Model``)."""
     model = as_model(structure)
     counts = {"favored": 0, "allowed": 0, "outlier": 0}
-    counted: set[tuple[str, int, str]] = set()
-    listed: set[tuple[str, int, str]] = set()
+    counted: set[tuple[str, int | None, str]] = set()
+    listed: set[tuple[str, int | None, str]] = set()
     residues: list[RamaResidue] = []
     chain_order: dict[str, int] = {}
     for chain in model:
@@ -271,21 +181,25 @@ def plot_ramachandran(result: RamachandranResult, path: str | Path, *, dpi: int 
     path = Path(path)
     tables = load_tables()
     # Bin centres padded by one wrapped bin on each side so the contours close at ±180°.
-    centres = np.concatenate(([-181.0], -179.0 + 2.0 * np.arange(_N_BINS), [181.0]))
+    centres = np.concatenate(([-181.0], -179.0 + 2.0 * np.arange(N_BINS), [181.0]))
     fig, axes = plt.subplots(2, 3, figsize=(15, 10), constrained_layout=True)
-    for ax, category in zip(axes.flat, CATEGORIES):
-        grid = np.pad(tables[category], 1, mode="wrap").T  # rows: psi, columns: phi
-        levels = [OUTLIER_BELOW[category], FAVORED_MIN, max(1.0, float(grid.max()) + 1e-9)]
+    for ax, cat in zip(axes.flat, CATEGORIES):
+        grid = np.pad(tables[cat], 1, mode="wrap").T  # rows: psi, columns: phi
+        levels = [OUTLIER_BELOW[cat], FAVORED_MIN, max(1.0, float(grid.max()) + 1e-9)]
         ax.contourf(centres, centres, grid, levels=levels, cmap=ListedColormap(["#d8e8f8", "#9fc5ec"]))
         ax.contour(centres, centres, grid, levels=levels[:2], colors=["#6a9bd1", "#2e6fb7"], linewidths=0.8)
-        members = [r for r in result.residues if r.category == category]
+        members = [r for r in result.residues if r.category == cat]
         inliers = [r for r in members if r.classification != "outlier"]
         outliers = [r for r in members if r.classification == "outlier"]
         ax.scatter([r.phi_deg for r in inliers], [r.psi_deg for r in inliers], s=8, c="black", lw=0)
-        ax.scatter([r.phi_deg for r in outliers], [r.psi_deg for r in outliers], s=22, c="red", edgecolors="black", lw=0.5)
+        ax.scatter(
+            [r.phi_deg for r in outliers], [r.psi_deg for r in outliers], s=22, c="red", edgecolors="black", lw=0.5
+        )
         for r in outliers:
-            ax.annotate(r.label, (r.phi_deg, r.psi_deg), xytext=(3, 3), textcoords="offset points", fontsize=7, color="darkred")
-        ax.set_title(f"{CATEGORY_LABELS[category]} ({len(members)} residues, {len(outliers)} outliers)")
+            ax.annotate(
+                r.label, (r.phi_deg, r.psi_deg), xytext=(3, 3), textcoords="offset points", fontsize=7, color="darkred"
+            )
+        ax.set_title(f"{CATEGORY_LABELS[cat]} ({len(members)} residues, {len(outliers)} outliers)")
         ax.set_xlim(-180, 180)
         ax.set_ylim(-180, 180)
         ax.set_xticks(range(-180, 181, 60))

@@ -186,7 +186,8 @@ def _chains(structure: Structure) -> list[_Chain]:
     st.remove_alternative_conformations()
     out = []
     for chain in st[0]:
-        resnames, codes, rep, xyz, ares, anames = [], [], [], [], [], []
+        resnames: list[str] = []
+        codes, rep, xyz, ares, anames = [], [], [], [], []
         for residue in chain:
             kind = _polymer_kind(residue)
             if kind is None or len(residue) == 0:
@@ -315,7 +316,7 @@ def _map_chains(model: list[_Chain], ref: list[_Chain]) -> tuple[dict[int, int],
 
     hypotheses = [(np.eye(3), np.zeros(3))]  # the frames as given
     anchor = max({mi for mi, _ in keys}, key=lambda mi: max(len(candidates[k].pairs) for k in keys if k[0] == mi))
-    for k, (mi, ri) in enumerate(keys):
+    for k, (mi, _ri) in enumerate(keys):
         if mi != anchor:
             continue
         sel = pid == k
@@ -393,7 +394,10 @@ def lddt(
 
 
 def _resolve_symmetry(
-    ref_xyz: np.ndarray, model_xyz: np.ndarray, residue_index: np.ndarray, swaps: list[tuple[int, np.ndarray, np.ndarray]]
+    ref_xyz: np.ndarray,
+    model_xyz: np.ndarray,
+    residue_index: np.ndarray,
+    swaps: list[tuple[int, np.ndarray, np.ndarray]],
 ) -> np.ndarray:
     """Model coordinates with symmetric side chains renamed where that raises their lDDT.
 
@@ -487,7 +491,8 @@ def compare_to_reference(model: Structure, reference: Structure) -> ReferenceRes
     lddt_all, ca_lddt = _lddt_scores(m_chains, r_chains, pair_blocks)
     coverage, seq_match = _coverage(m_chains, r_chains)
 
-    dockq, interfaces = None, []
+    dockq: float | None = None
+    interfaces: list[dict] = []
     if len(r_chains) >= 2:
         dockq, interfaces, dq_note = _dockq(model, reference, m_chains, r_chains, mapping)
         if dq_note:
@@ -530,7 +535,7 @@ def tm_score_fixed(model_xyz: np.ndarray, ref_xyz: np.ndarray, n_reference: int)
     d0 = 1.24 * (n_reference - 15) ** (1.0 / 3.0) - 1.8 if n_reference > 21 else 0.5
     d0 = max(d0, 0.5)
     d0_search = min(max(d0, 4.5), 8.0)
-    lengths = []
+    lengths: list[int] = []
     frag = n
     while frag >= 4 and len(lengths) < 6:
         lengths.append(frag)
@@ -632,7 +637,7 @@ def _match_atoms(mc: _Chain, rc: _Chain, partner: np.ndarray) -> np.ndarray:
 
 def _lddt_scores(m_chains: list[_Chain], r_chains: list[_Chain], pair_blocks) -> tuple[float, float]:
     """All-atom and Cα lDDT over the whole reference (unmapped reference chains as missing)."""
-    ref_xyz, mdl_xyz, res_idx, swaps = [], [], [], []
+    ref_parts, mdl_parts, res_parts, swaps = [], [], [], []
     ca_ref, ca_mdl = [], []
     mapped = {ri: (mi, p) for mi, ri, p in pair_blocks}
     row0 = 0
@@ -667,17 +672,17 @@ def _lddt_scores(m_chains: list[_Chain], r_chains: list[_Chain], pair_blocks) ->
                             bb.append(row0 + r2)
                 if aa:
                     swaps.append((res0 + j, np.array(aa), np.array(bb)))
-        ref_xyz.append(rc.atom_xyz)
-        mdl_xyz.append(mdl)
-        res_idx.append(rc.atom_res + res0)
+        ref_parts.append(rc.atom_xyz)
+        mdl_parts.append(mdl)
+        res_parts.append(rc.atom_res + res0)
         ok = np.isfinite(rc.rep[:, 0])
         ca_ref.append(rc.rep[ok])
         ca_mdl.append(rca_m[ok])
         row0 += n
         res0 += rc.n_res
-    ref_xyz = np.concatenate(ref_xyz)
-    mdl_xyz = np.concatenate(mdl_xyz)
-    res_idx = np.concatenate(res_idx)
+    ref_xyz = np.concatenate(ref_parts)
+    mdl_xyz = np.concatenate(mdl_parts)
+    res_idx = np.concatenate(res_parts)
     mdl_xyz = _resolve_symmetry(ref_xyz, mdl_xyz, res_idx, swaps)
     score, _ = lddt(ref_xyz, mdl_xyz, res_idx)
     ca_r = np.concatenate(ca_ref)
@@ -742,7 +747,9 @@ def _write_for_dockq(st: gemmi.Structure, folder: Path, stem: str) -> Path:
     return path
 
 
-def _dockq(model: Structure, reference: Structure, m_chains, r_chains, mapping) -> tuple[float | None, list[dict], str | None]:
+def _dockq(
+    model: Structure, reference: Structure, m_chains, r_chains, mapping
+) -> tuple[float | None, list[dict], str | None]:
     """DockQ v2 over every reference interface, with our chain mapping (reference → model)."""
     try:
         from DockQ.DockQ import load_PDB, run_on_all_native_interfaces
@@ -752,8 +759,8 @@ def _dockq(model: Structure, reference: Structure, m_chains, r_chains, mapping) 
     if len(chain_map) < 2:
         return None, [], "fewer than two reference chains are mapped: no DockQ score"
     try:
-        with tempfile.TemporaryDirectory(prefix="cryostack_dockq_") as tmp:
-            tmp = Path(tmp)
+        with tempfile.TemporaryDirectory(prefix="cryostack_dockq_") as tmp_dir:
+            tmp = Path(tmp_dir)
             mdl = load_PDB(str(_write_for_dockq(_polymer_only(model), tmp, "model")))
             nat = load_PDB(str(_write_for_dockq(_polymer_only(reference), tmp, "reference")))
             # the reference file's chain order, as DockQ's command line uses (for equal-sized

@@ -8,7 +8,6 @@ import numpy as np
 
 from cryostack.io.atomic import atomic_output
 
-
 #: Chains listed one by one in the text table; the JSON has all of them.
 MAX_CHAIN_ROWS = 12
 #: Up to this many chains get a per-residue plot panel each; more share one panel.
@@ -45,19 +44,30 @@ def text_table(result) -> str:
     rows += [
         ("Geometry", ""),
         ("  Bond RMSD (Å) / outliers > 4σ", f"{_f(g.get('bond_rmsd'))} / {len(g.get('bond_outliers', []))}"),
-        ("  Angle RMSD (°) / outliers > 4σ", f"{_f(g.get('angle_rmsd'), '{:.2f}')} / {len(g.get('angle_outliers', []))}"),
+        (
+            "  Angle RMSD (°) / outliers > 4σ",
+            f"{_f(g.get('angle_rmsd'), '{:.2f}')} / {len(g.get('angle_outliers', []))}",
+        ),
         ("  Chirality errors", str(len(g.get("chirality_errors", [])))),
         ("  Cis / twisted peptides", f"{len(g.get('cis_peptides', []))} / {len(g.get('twisted_peptides', []))}"),
         (f"  Clashscore ({g.get('clashscore_method', '')})", _f(g.get("clashscore"), "{:.2f}")),
     ]
     if "ramachandran" in g:
         r = g["ramachandran"]
-        rows.append(("  Ramachandran favoured / allowed / outliers (%)",
-                     f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}"))
+        rows.append(
+            (
+                "  Ramachandran favoured / allowed / outliers (%)",
+                f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}",
+            )
+        )
     if "rotamer" in g:
         r = g["rotamer"]
-        rows.append(("  Rotamer favoured / allowed / outliers (%)",
-                     f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}"))
+        rows.append(
+            (
+                "  Rotamer favoured / allowed / outliers (%)",
+                f"{_f(r['favored_pct'], '{:.2f}')} / {_f(r['allowed_pct'], '{:.2f}')} / {_f(r['outlier_pct'], '{:.2f}')}",
+            )
+        )
     if "cbeta_deviations" in g:
         rows.append(("  Cβ deviations > 0.25 Å", str(g["cbeta_deviations"])))
     ref = d["reference"]
@@ -68,7 +78,10 @@ def text_table(result) -> str:
             ("  RMSD (Å) after superposition", _f(ref.get("rmsd"), "{:.2f}")),
             ("  lDDT / Cα lDDT", f"{_f(ref.get('lddt'))} / {_f(ref.get('ca_lddt'))}"),
             ("  Mean Cα displacement (Å)", _f(ref.get("ca_displacement"), "{:.2f}")),
-            ("  Coverage within 3 Å / sequence match", f"{_f(ref.get('coverage_3a'))} / {_f(ref.get('sequence_match'))}"),
+            (
+                "  Coverage within 3 Å / sequence match",
+                f"{_f(ref.get('coverage_3a'))} / {_f(ref.get('sequence_match'))}",
+            ),
             ("  DockQ", _f(ref.get("dockq"))),
         ]
     width = max(len(k) for k, _ in rows) + 2
@@ -120,9 +133,9 @@ def _per_residue_figure(per_residue: list[dict], plt):
         fig, axes = plt.subplots(len(chains), 1, figsize=(9, 2.4 * len(chains)), squeeze=False)
         for ax, ch in zip(axes[:, 0], chains):
             rs = [r for r in per_residue if r["chain"] == ch]
-            x = [r["number"] for r in rs]
-            ax.plot(x, [value(r, "cc") for r in rs], lw=0.8, label="CC")
-            ax.plot(x, [value(r, "q_score") for r in rs], lw=0.8, label="Q-score")
+            numbers = [r["number"] for r in rs]
+            ax.plot(numbers, [value(r, "cc") for r in rs], lw=0.8, label="CC")
+            ax.plot(numbers, [value(r, "q_score") for r in rs], lw=0.8, label="Q-score")
             ax.set_title(f"chain {ch}", fontsize=9)
             ax.set_ylim(-0.2, 1.0)
             ax.legend(fontsize=7, loc="lower right")
@@ -136,7 +149,11 @@ def _per_residue_figure(per_residue: list[dict], plt):
     for i in starts[1:]:
         ax.axvline(i - 0.5, c="grey", lw=0.4)
     step = max(1, len(starts) // 40)  # keep chain labels legible
-    ax.set_xticks([starts[k] for k in range(0, len(starts), step)], [per_residue[starts[k]]["chain"] for k in range(0, len(starts), step)], fontsize=7)
+    ax.set_xticks(
+        [starts[k] for k in range(0, len(starts), step)],
+        [per_residue[starts[k]]["chain"] for k in range(0, len(starts), step)],
+        fontsize=7,
+    )
     ax.set_xlabel(f"chains in model order ({len(chains)} chains, {len(per_residue)} residues)")
     ax.set_ylim(-0.2, 1.0)
     ax.legend(fontsize=7, loc="lower right")

@@ -1,30 +1,13 @@
-"""Small residue-level helpers shared by the backbone validators (Ramachandran, Cβ deviation).
-
-Alternate conformations follow the usual PDB convention (and MolProbity's "conformer" view):
-the conformer with altloc ``L`` of a residue holds its atoms with a blank altloc plus those
-with altloc ``L``; a residue without alternates has the single conformer ``""``.
-"""
+"""Per-residue result records shared by the backbone and side-chain validators (Ramachandran,
+rotamers, Cβ deviation)."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gemmi
-
-#: MolProbity's "common amino acids": the 20 standard residues plus selenomethionine.
-COMMON_AMINO_ACIDS = frozenset(
-    "GLY ALA VAL LEU ILE MET MSE PRO PHE TRP SER THR ASN GLN TYR CYS LYS ARG HIS ASP GLU".split()
-)
-
-#: Chemical Component Dictionary names of the D-amino acids (D-Ala, D-Arg, ..., D-Met).
-D_AMINO_ACIDS = frozenset(
-    "DAL DAR DAS DCY DGL DGN DHI DIL DLE DLY DPN DPR DSG DSN DTH DTR DTY DVA MED".split()
-)
-
-#: Longest C(i-1)–N(i) distance (Å) still counted as a peptide bond (no bond → chain break).
-PEPTIDE_BOND_MAX_A = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +19,7 @@ class ResidueRef:
     """
 
     chain: str
-    number: int
+    number: int | None  # gemmi's SeqId.num: None only for a residue without a number
     icode: str
     name: str
     altloc: str = ""
@@ -54,6 +37,13 @@ class ResidueRecord:
     """Base of per-residue result records (Ramachandran, rotamer, Cβ) that carry ``chain``,
     ``number``, ``icode``, ``name`` and ``altloc`` fields."""
 
+    # Declared for type checkers only; the subclasses (frozen dataclasses) define the fields.
+    chain: str
+    number: int | None
+    icode: str
+    name: str
+    altloc: str
+
     @property
     def ref(self) -> ResidueRef:
         return ResidueRef(self.chain, self.number, self.icode, self.name, self.altloc)
@@ -63,6 +53,13 @@ class ResidueRecord:
         """Short plot label, e.g. ``A/57 GLU`` or ``A/57 B GLU`` for altloc B."""
         alt = f" {self.altloc}" if self.altloc else ""
         return f"{self.chain}/{self.number}{self.icode}{alt} {self.name}"
+
+
+class _ClassifiedRecord(Protocol):
+    @property
+    def classification(self) -> str: ...
+
+    def outlier_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -76,6 +73,11 @@ class ClassifiedCounts:
     n_favored: int
     n_allowed: int
     n_outliers: int
+
+    if TYPE_CHECKING:  # a field of every subclass; not one here (it would change the field order)
+
+        @property
+        def residues(self) -> Sequence[_ClassifiedRecord]: ...
 
     def _pct(self, n: int) -> float:
         return 100.0 * n / self.n_residues if self.n_residues else 0.0
@@ -108,105 +110,6 @@ class ClassifiedCounts:
         }
 
 
-def as_model(structure: Any) -> gemmi.Model:
-    """The model to validate: the first model of a cryostack ``Structure`` or ``gemmi.Structure``,
-    or a ``gemmi.Model`` as given."""
-    if isinstance(structure, gemmi.Model):
-        return structure
-    st = getattr(structure, "gemmi", structure)
-    if not isinstance(st, gemmi.Structure):
-        raise TypeError(f"expected a cryostack Structure, gemmi.Structure or gemmi.Model, got {type(structure).__name__}")
-    if len(st) == 0:
-        raise ValueError("structure has no models")
-    return st[0]
-
-
-def altloc_of(atom: gemmi.Atom) -> str:
-    """An atom's altloc letter, ``""`` for none (gemmi stores ``"\\0"``)."""
-    return "" if atom.altloc == "\0" else atom.altloc
-
-
-def residue_altlocs(atoms: Iterable[gemmi.Atom]) -> list[str]:
-    """Distinct non-blank altlocs of ``atoms`` in order of first appearance."""
-    seen: dict[str, None] = {}
-    for atom in atoms:
-        alt = altloc_of(atom)
-        if alt:
-            seen.setdefault(alt, None)
-    return list(seen)
-
-
-def conformer_atoms(
-    residue: gemmi.Residue, altloc: str, names: frozenset[str] | None = None
-) -> dict[str, gemmi.Atom]:
-    """Atoms of ``residue`` in the conformer ``altloc`` (blank-altloc atoms plus altloc ``altloc``).
-
-    Returns atom name → atom (the first such atom per name), optionally restricted to ``names``.
-    """
-    out: dict[str, gemmi.Atom] = {}
-    for atom in residue:
-        if names is not None and atom.name not in names:
-            continue
-        alt = altloc_of(atom)
-        if alt and alt != altloc:
-            continue
-        out.setdefault(atom.name, atom)
-    return out
-
-
-def residue_groups(chain: gemmi.Chain) -> Iterator[list[gemmi.Residue]]:
-    """Consecutive residues of ``chain`` sharing a sequence ID (point mutations modelled as
-    alternates) grouped together; other residues come alone."""
-    group: list[gemmi.Residue] = []
-    for residue in chain:
-        if group and residue.seqid != group[-1].seqid:
-            yield group
-            group = []
-        group.append(residue)
-    if group:
-        yield group
-
-
 def ref_of(chain: gemmi.Chain, residue: gemmi.Residue, altloc: str = "") -> ResidueRef:
     """The :class:`ResidueRef` of ``residue`` in ``chain``."""
     return ResidueRef(chain.name, residue.seqid.num, residue.seqid.icode.strip(), residue.name, altloc)
-
-
-def distance_A(a: gemmi.Atom, b: gemmi.Atom) -> float:
-    """Distance between two atoms in Å."""
-    return a.pos.dist(b.pos)
-
-
-def dihedral_deg(a: gemmi.Atom, b: gemmi.Atom, c: gemmi.Atom, d: gemmi.Atom) -> float:
-    """Dihedral angle a–b–c–d in degrees, in [-180, 180]."""
-    return math.degrees(gemmi.calculate_dihedral(a.pos, b.pos, c.pos, d.pos))
-
-
-def peptide_linked(prev_atoms: dict[str, gemmi.Atom], atoms: dict[str, gemmi.Atom]) -> bool:
-    """True when C of the previous residue and N of this one are within peptide-bond distance
-    (:data:`PEPTIDE_BOND_MAX_A`); missing atoms mean no link (a chain break)."""
-    c = prev_atoms.get("C")
-    n = atoms.get("N")
-    return c is not None and n is not None and distance_A(c, n) < PEPTIDE_BOND_MAX_A
-
-
-def phi_psi_deg(
-    prev_atoms: dict[str, gemmi.Atom], atoms: dict[str, gemmi.Atom], next_atoms: dict[str, gemmi.Atom]
-) -> tuple[float, float] | None:
-    """Backbone (phi, psi) in degrees of the middle residue of three linked residues.
-
-    phi = C(i-1)–N–CA–C, psi = N–CA–C–N(i+1). ``None`` when an atom is missing.
-    """
-    try:
-        c_prev, n, ca, c, n_next = prev_atoms["C"], atoms["N"], atoms["CA"], atoms["C"], next_atoms["N"]
-    except KeyError:
-        return None
-    return dihedral_deg(c_prev, n, ca, c), dihedral_deg(n, ca, c, n_next)
-
-
-def omega_deg(prev_atoms: dict[str, gemmi.Atom], atoms: dict[str, gemmi.Atom]) -> float | None:
-    """Peptide torsion omega CA(i-1)–C(i-1)–N–CA in degrees, ``None`` when an atom is missing."""
-    try:
-        return dihedral_deg(prev_atoms["CA"], prev_atoms["C"], atoms["N"], atoms["CA"])
-    except KeyError:
-        return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import gemmi
@@ -35,30 +35,48 @@ ZETA_DEG = tuple(range(-180, 180, 30))
 #: Closest approach (Å) between residues counted as clash-free when choosing torsions.
 CLEAR_A = 3.2
 #: Atom pairs across a link that are within three bonds (O3'(i) side, P(i+1) side).
-_LINK_NEAR = {("O3'", "P"), ("O3'", "OP1"), ("O3'", "OP2"), ("O3'", "O5'"), ("O3'", "C5'"),
-              ("C3'", "P"), ("C3'", "OP1"), ("C3'", "OP2"), ("C3'", "O5'"), ("C2'", "P"), ("C4'", "P")}
+_LINK_NEAR = {
+    ("O3'", "P"),
+    ("O3'", "OP1"),
+    ("O3'", "OP2"),
+    ("O3'", "O5'"),
+    ("O3'", "C5'"),
+    ("C3'", "P"),
+    ("C3'", "OP1"),
+    ("C3'", "OP2"),
+    ("C3'", "O5'"),
+    ("C2'", "P"),
+    ("C4'", "P"),
+}
 
 
-@lru_cache(maxsize=None)
+@cache
 def monomer(name: str, with_op3: bool = False) -> tuple[tuple[str, str, tuple[float, float, float]], ...]:
     """(atom name, element, ideal x/y/z Å) of the library monomer ``name``: heavy atoms, and OP3
     only if ``with_op3`` (in a chain the link's O3' replaces it)."""
-    from cryostack.validate.geometry import monomer_library_dir
+    from cryostack.chem.monlib import monomer_library_dir
 
     path = monomer_library_dir() / name[0].lower() / f"{name}.cif"
     cc = gemmi.make_chemcomp_from_block(gemmi.cif.read(str(path))[f"comp_{name}"])
-    return tuple((a.id, a.el.name, tuple(a.xyz.tolist())) for a in cc.atoms
-                 if not a.is_hydrogen() and (with_op3 or a.id != "OP3"))
+    return tuple(
+        (a.id, a.el.name, tuple(a.xyz.tolist()))
+        for a in cc.atoms
+        if not a.is_hydrogen() and (with_op3 or a.id != "OP3")
+    )
 
 
-def _place(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond_A: float, angle_deg: float, torsion_deg: float) -> np.ndarray:
+def _place(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, bond_A: float, angle_deg: float, torsion_deg: float
+) -> np.ndarray:
     """The atom d with |cd| = bond_A, angle b-c-d and dihedral a-b-c-d (internal to Cartesian)."""
     bc = (c - b) / np.linalg.norm(c - b)
     n = np.cross(b - a, bc)
     n /= np.linalg.norm(n)
     m = np.cross(n, bc)
     th, ph = math.radians(angle_deg), math.radians(torsion_deg)
-    d_local = np.array([-bond_A * math.cos(th), bond_A * math.sin(th) * math.cos(ph), bond_A * math.sin(th) * math.sin(ph)])
+    d_local = np.array(
+        [-bond_A * math.cos(th), bond_A * math.sin(th) * math.cos(ph), bond_A * math.sin(th) * math.sin(ph)]
+    )
     return c + d_local[0] * bc + d_local[1] * m + d_local[2] * n
 
 
@@ -163,8 +181,9 @@ def regularise(structure, steps: int = 300):
     data = simulate_model_map(structure, grid, 4.0, use_b_factors=False)
     dmap = DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
     weights = LossWeights(density=0.0)
-    config = RefineConfig(max_recycles=6, steps_per_recycle=steps // 6, rigid_steps=0, lr=0.02, patience=6,
-                          min_improvement=0.0)
+    config = RefineConfig(
+        max_recycles=6, steps_per_recycle=steps // 6, rigid_steps=0, lr=0.02, patience=6, min_improvement=0.0
+    )
     out, _ = refine(structure, dmap, 4.0, config, weights)
     return out
 
@@ -186,7 +205,7 @@ def protein_piece(n_residues: int = 12):
     return st
 
 
-def build_all() -> dict[str, "gemmi.Structure"]:
+def build_all() -> dict[str, gemmi.Structure]:
     from cryostack.io.models import Structure
 
     rna = best_chain(RNA_SEQUENCE)

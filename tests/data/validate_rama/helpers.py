@@ -88,7 +88,9 @@ def _pos(atom: gemmi.Atom) -> np.ndarray:
     return np.array([atom.pos.x, atom.pos.y, atom.pos.z])
 
 
-def _rotate_downstream(chain: gemmi.Chain, index: int, pivot: tuple[str, str], own_atoms: set[str], angle_deg: float) -> None:
+def _rotate_downstream(
+    chain: gemmi.Chain, index: int, pivot: tuple[str, str], own_atoms: set[str], angle_deg: float
+) -> None:
     """Rotate the atoms ``own_atoms`` of residue ``index`` and every later residue of ``chain``
     about the bond ``pivot`` of residue ``index``."""
     res = chain[index]
@@ -153,7 +155,16 @@ def make_altlocs(source: Path, out: Path) -> Path:
 
 
 #: D-amino-acid names used by :func:`make_mirrored` (L name → D name).
-D_NAMES = {"ALA": "DAL", "VAL": "DVA", "THR": "DTH", "ILE": "DIL", "PRO": "DPR", "LEU": "DLE", "SER": "DSN", "LYS": "DLY"}
+D_NAMES = {
+    "ALA": "DAL",
+    "VAL": "DVA",
+    "THR": "DTH",
+    "ILE": "DIL",
+    "PRO": "DPR",
+    "LEU": "DLE",
+    "SER": "DSN",
+    "LYS": "DLY",
+}
 
 
 def make_mirrored(source: Path, out: Path) -> Path:

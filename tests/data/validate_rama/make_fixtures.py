@@ -22,11 +22,16 @@ DB_PATH = "/usr/share/promod3/loop_data/structure_db.dat"
 #: StructureDB chains exported (PDB id_chain → chain ID in the fixture file).
 CHAINS = {"3A0E_A": "A", "5L39_D": "D", "5MJ3_B": "B"}
 ONE_TO_THREE = dict(
-    zip("ACDEFGHIKLMNPQRSTVWY", "ALA CYS ASP GLU PHE GLY HIS ILE LYS LEU MET ASN PRO GLN ARG SER THR VAL TRP TYR".split())
+    zip(
+        "ACDEFGHIKLMNPQRSTVWY",
+        "ALA CYS ASP GLU PHE GLY HIS ILE LYS LEU MET ASN PRO GLN ARG SER THR VAL TRP TYR".split(),
+    )
 )
 
 
-def atom_line(serial: int, name: str, resname: str, chain: str, resnum: int, xyz, element: str, het: bool = False) -> str:
+def atom_line(
+    serial: int, name: str, resname: str, chain: str, resnum: int, xyz, element: str, het: bool = False
+) -> str:
     """One PDB ATOM/HETATM record (occupancy 1, B 20)."""
     record = "HETATM" if het else "ATOM  "
     padded = f" {name:<3}" if len(name) < 4 else name
@@ -93,15 +98,25 @@ def write_mixed(chains) -> None:
             lines.append(atom_line(serial, name, resname, "B", num, xyz, name[0]))
             serial += 1
     last_n = residues[-1][2]["N"]
-    ligand = {"S": (0.0, 0.0, 0.0), "O1": (1.45, 0, 0), "O2": (-0.48, 1.37, 0), "O3": (-0.48, -0.68, 1.19), "O4": (-0.48, -0.68, -1.19)}
+    ligand = {
+        "S": (0.0, 0.0, 0.0),
+        "O1": (1.45, 0, 0),
+        "O2": (-0.48, 1.37, 0),
+        "O3": (-0.48, -0.68, 1.19),
+        "O4": (-0.48, -0.68, -1.19),
+    }
     for name, offset in ligand.items():
         lines.append(atom_line(serial, name, "SO4", "B", 201, last_n + 6.0 + np.array(offset), name[0], het=True))
         serial += 1
     for k in range(2):
-        lines.append(atom_line(serial, "O", "HOH", "B", 301 + k, last_n + np.array([0.0, 8.0 + 3 * k, 0.0]), "O", het=True))
+        lines.append(
+            atom_line(serial, "O", "HOH", "B", 301 + k, last_n + np.array([0.0, 8.0 + 3 * k, 0.0]), "O", het=True)
+        )
         serial += 1
     lines.append("TER")
-    source = glob.glob(str(HERE.parents[2] / ".venv/lib/python3*/site-packages/iotbx/pdb/remediation/tst/protein-dna-test.pdb"))
+    source = glob.glob(
+        str(HERE.parents[2] / ".venv/lib/python3*/site-packages/iotbx/pdb/remediation/tst/protein-dna-test.pdb")
+    )
     for line in Path(source[0]).read_text().splitlines():
         if line.startswith(("ATOM", "HETATM")) and line[21] in "CD" and line[76:78].strip() != "H":
             lines.append(line[:6] + f"{serial:5d}" + line[11:66] + "          " + line[76:78])

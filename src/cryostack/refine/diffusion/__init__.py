@@ -2,10 +2,10 @@
 
 * :mod:`.featurize` — atom tokens and topology from a Structure or backbone arrays
 * :mod:`.model` — EDM-preconditioned, E(3)-equivariant atom denoiser
-* :mod:`.pretrain` — denoising pretraining on the corpus train split (resumable CLI)
+* :mod:`.train` — denoising pretraining on the corpus train split (``cryostack train denoiser``)
 * :mod:`.testtime` — test-time optimisation of the denoiser weights, registered as ``"diffusion"``
 
-The packaged weights and their model card are in ``weights/``.
+The packaged weights (``denoiser_v2``) and their model card are in ``cryostack/weights/``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,18 @@ from cryostack.refine.diffusion.featurize import AtomFeatures, featurize, featur
 from cryostack.refine.diffusion.model import AtomDenoiser, load_denoiser
 from cryostack.refine.diffusion.testtime import METHOD, refine_diffusion
 
-__all__ = ["AtomDenoiser", "AtomFeatures", "DenoiserConfig", "PretrainConfig", "TestTimeConfig",
-           "featurize", "featurize_backbone", "load_denoiser", "refine_diffusion", "register"]
+__all__ = [
+    "AtomDenoiser",
+    "AtomFeatures",
+    "DenoiserConfig",
+    "PretrainConfig",
+    "TestTimeConfig",
+    "featurize",
+    "featurize_backbone",
+    "load_denoiser",
+    "refine_diffusion",
+    "register",
+]
 
 
 def register() -> bool:

@@ -13,27 +13,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryostack.chem.residues import (
+    AMINO_ACIDS,
+    ATOM_ALIASES,
+    ATOM_NAMES,
+    ELEMENTS,
+    LINK_ATOMS,
+    MAIN_CHAIN,
+    NUCLEOTIDES,
+    RESIDUE_ALIASES,
+    WATER,
+)
 from cryostack.io.models import AtomArrays, Structure
 
-ELEMENTS = ("C", "N", "O", "S", "P", "SE", "H")  # token 0 = any other element
-AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
-               "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
-NUCLEOTIDES = ("DA", "DC", "DG", "DT", "A", "C", "G", "U")
-# residue tokens: 0 other (ligand, ion, unknown), 1-20 amino acids, 21-28 nucleotides, 29 water
-RESIDUE_TYPES = AMINO_ACIDS + NUCLEOTIDES + ("HOH",)
-_RESIDUE_ALIASES = {"MSE": "MET", "SEC": "CYS", "HSD": "HIS", "HSE": "HIS", "HIE": "HIS", "HID": "HIS",
-                    "DU": "DT", "WAT": "HOH", "DOD": "HOH"}
-_PROTEIN_ATOMS = ("N", "CA", "C", "O", "OXT", "CB", "CG", "CG1", "CG2", "CD", "CD1", "CD2", "CE", "CE1",
-                  "CE2", "CE3", "CZ", "CZ2", "CZ3", "CH2", "NE", "NE1", "NE2", "NH1", "NH2", "ND1", "ND2",
-                  "NZ", "OD1", "OD2", "OE1", "OE2", "OG", "OG1", "OH", "SD", "SG", "SE")
-_NUCLEIC_ATOMS = ("P", "OP1", "OP2", "OP3", "O5'", "C5'", "C4'", "O4'", "C3'", "O3'", "C2'", "O2'", "C1'",
-                  "N1", "C2", "N2", "O2", "N3", "C4", "N4", "O4", "C5", "C7", "C6", "N6", "O6", "N7", "C8", "N9")
-ATOM_NAMES = tuple(dict.fromkeys(_PROTEIN_ATOMS + _NUCLEIC_ATOMS))  # token 0 = any other name
-_ATOM_ALIASES = {"O1P": "OP1", "O2P": "OP2", "O3P": "OP3", "C5M": "C7", "OT1": "O", "OT2": "OXT"}
-#: Atoms that link consecutive residues of a chain (peptide bond / phosphodiester neighbourhood).
-LINK_ATOMS = frozenset({"N", "CA", "C", "O", "P", "OP1", "OP2", "O5'", "C5'", "C4'", "C3'", "O3'"})
-MAIN_CHAIN = frozenset({"N", "CA", "C", "O", "OXT", "P", "OP1", "OP2", "OP3", "O5'", "C5'", "C4'", "O4'",
-                        "C3'", "O3'", "C2'", "O2'", "C1'"})
+# Tokens are index + 1 in the shared vocabulary (0 = anything else); residue tokens: 1-20 amino
+# acids, 21-28 nucleotides, 29 water.
+RESIDUE_TYPES = AMINO_ACIDS + NUCLEOTIDES + (WATER,)
 MAX_ATOM_ORDINAL = 23  # ordinals at or beyond this share one token
 
 _ELEMENT_TOKEN = {e: i + 1 for i, e in enumerate(ELEMENTS)}
@@ -69,10 +64,10 @@ class AtomFeatures:
     def n_atoms(self) -> int:
         return int(self.element.shape[0])
 
-    def to(self, device) -> "AtomFeatures":
+    def to(self, device) -> AtomFeatures:
         return AtomFeatures(**{k: v.to(device) for k, v in vars(self).items()})
 
-    def subset(self, keep: np.ndarray) -> "AtomFeatures":
+    def subset(self, keep: np.ndarray) -> AtomFeatures:
         """Features of the atoms ``keep`` (sorted indices), topology edges renumbered."""
         keep_t = torch.as_tensor(np.asarray(keep), dtype=torch.long, device=self.element.device)
         remap = torch.full((self.n_atoms,), -1, dtype=torch.long, device=keep_t.device)
@@ -83,7 +78,7 @@ class AtomFeatures:
         return AtomFeatures(**fields, topology_edges=e)
 
     @staticmethod
-    def concatenate(parts: list["AtomFeatures"]) -> "AtomFeatures":
+    def concatenate(parts: list[AtomFeatures]) -> AtomFeatures:
         """One disjoint batch of several inputs (indices offset so residues and chains stay apart)."""
         out: dict[str, list[torch.Tensor]] = {k: [] for k in vars(parts[0])}
         n_atoms = n_res = n_chain = 0
@@ -125,9 +120,9 @@ def features_from_lists(
     residue_numbers = np.asarray(residue_numbers, dtype=np.int64)
     n, r = len(atom_names), len(residue_names)
     element = np.array([_token(_ELEMENT_TOKEN, e, {}) for e in elements], dtype=np.int64)
-    names = [_ATOM_ALIASES.get(a.strip().upper(), a.strip().upper()) for a in atom_names]
+    names = [ATOM_ALIASES.get(a.strip().upper(), a.strip().upper()) for a in atom_names]
     atom_name = np.array([_ATOM_TOKEN.get(a, 0) for a in names], dtype=np.int64)
-    res_tok = np.array([_token(_RESIDUE_TOKEN, x, _RESIDUE_ALIASES) for x in residue_names], dtype=np.int64)
+    res_tok = np.array([_token(_RESIDUE_TOKEN, x, RESIDUE_ALIASES) for x in residue_names], dtype=np.int64)
     main = np.array([a in MAIN_CHAIN for a in names], dtype=bool) & (res_tok[residue_of_atom] > 0)
     main &= res_tok[residue_of_atom] < _RESIDUE_TOKEN["HOH"]
 
@@ -189,8 +184,14 @@ def featurize(atoms: AtomArrays | Structure) -> AtomFeatures:
     """Features of every atom of a model, in :meth:`Structure.atoms` order."""
     if isinstance(atoms, Structure):
         atoms = atoms.atoms()
-    return features_from_lists(atoms.elements, atoms.atom_names, atoms.residue_index, atoms.residue_names,
-                               atoms.residue_chain, atoms.residue_numbers)
+    return features_from_lists(
+        atoms.elements,
+        atoms.atom_names,
+        atoms.residue_index,
+        atoms.residue_names,
+        atoms.residue_chain,
+        atoms.residue_numbers,
+    )
 
 
 _BACKBONE_NAMES = ("N", "CA", "C", "O", "CB")
@@ -218,6 +219,7 @@ def featurize_backbone(sequence: str, backbone: np.ndarray) -> tuple[AtomFeature
             names.append(_BACKBONE_NAMES[j])
             res_of_atom.append(i)
             coords.append(backbone[i, j])
-    feats = features_from_lists(elements, names, np.asarray(res_of_atom), resnames,
-                                np.zeros(len(resnames), np.int64), np.arange(len(resnames)))
+    feats = features_from_lists(
+        elements, names, np.asarray(res_of_atom), resnames, np.zeros(len(resnames), np.int64), np.arange(len(resnames))
+    )
     return feats, np.asarray(coords, dtype=np.float32).reshape(-1, 3)

@@ -12,10 +12,14 @@ rotations, reflections and translations without any augmentation.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
+from cryostack.nn.edm import c_in, c_noise, c_out, c_skip
+from cryostack.nn.graph import knn_edges
+from cryostack.nn.layers import RadialBasis, mlp
 from cryostack.refine.diffusion.config import DenoiserConfig
 from cryostack.refine.diffusion.featurize import (
     MAX_ATOM_ORDINAL,
@@ -26,52 +30,6 @@ from cryostack.refine.diffusion.featurize import (
 )
 
 MAX_SEQ_OFFSET = 4  # |residue offset| beyond this shares a bucket; another chain has its own
-
-
-def c_skip(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    return sigma_data**2 / (sigma**2 + sigma_data**2)
-
-
-def c_out(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    return sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
-
-
-def c_in(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    return 1.0 / torch.sqrt(sigma**2 + sigma_data**2)
-
-
-def c_noise(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    return 0.25 * torch.log(sigma / sigma_data)
-
-
-def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """EDM's λ(σ) = 1 / c_out², which gives the network target unit variance at every σ."""
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-
-
-def knn_edges(coords: torch.Tensor, k: int, group: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
-    """Directed edges ``(2, N*k)`` (neighbour → atom) to each atom's ``k`` nearest others.
-
-    ``coords`` ``(N, 3)`` Å; atoms of different ``group`` (e.g. batch members) are never linked.
-    Rows are processed in chunks so memory stays ``O(chunk × N)``.
-    """
-    n = coords.shape[0]
-    k = min(k, n - 1)
-    if k <= 0:
-        return torch.zeros((2, 0), dtype=torch.long, device=coords.device)
-    x = coords.detach()
-    out = []
-    for a in range(0, n, chunk):
-        d = torch.cdist(x[a:a + chunk], x)
-        rows = torch.arange(a, min(a + chunk, n), device=x.device)
-        d[rows - a, rows] = float("inf")
-        if group is not None:
-            d = d.masked_fill(group[a:a + chunk, None] != group[None, :], float("inf"))
-        nb = d.topk(k, dim=1, largest=False).indices  # (c, k)
-        ok = torch.isfinite(d.gather(1, nb))
-        dst = rows[:, None].expand_as(nb)
-        out.append(torch.stack([nb[ok], dst[ok]]))
-    return torch.cat(out, dim=1)
 
 
 def build_graph(coords: torch.Tensor, feats: AtomFeatures, k: int, group: torch.Tensor | None = None):
@@ -88,23 +46,10 @@ def build_graph(coords: torch.Tensor, feats: AtomFeatures, k: int, group: torch.
     dseq = feats.sequence_position[src] - feats.sequence_position[dst]
     same_res = feats.residue_index[src] == feats.residue_index[dst]
     kind = torch.where(same_res, 1, torch.where(same_chain & (dseq.abs() == 1), 2, 0))
-    offset = torch.where(same_chain, dseq.clamp(-MAX_SEQ_OFFSET, MAX_SEQ_OFFSET) + MAX_SEQ_OFFSET,
-                         2 * MAX_SEQ_OFFSET + 1)
+    offset = torch.where(
+        same_chain, dseq.clamp(-MAX_SEQ_OFFSET, MAX_SEQ_OFFSET) + MAX_SEQ_OFFSET, 2 * MAX_SEQ_OFFSET + 1
+    )
     return torch.stack([src, dst]), kind, offset
-
-
-class _RadialBasis(nn.Module):
-    def __init__(self, count: int, max_A: float):
-        super().__init__()
-        self.register_buffer("centres", torch.linspace(0.0, max_A, count))
-        self.width = max_A / count
-
-    def forward(self, d: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-(((d[:, None] - self.centres) / self.width) ** 2))
-
-
-def _mlp(i: int, h: int, o: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, o))
 
 
 class _Block(nn.Module):
@@ -118,11 +63,12 @@ class _Block(nn.Module):
         self.msg_source = nn.Linear(h, e, bias=False)
         self.msg_radial = nn.Linear(cfg.rbf_count, e, bias=False)
         self.msg_out = nn.Linear(e, e)
-        self.update = _mlp(h + e, h, h)
+        self.update = mlp(h + e, h, h)
         self.norm = nn.LayerNorm(h)
-        self.vector = _mlp(e, e, 1)
-        nn.init.zeros_(self.vector[-1].weight)  # start as the identity map
-        nn.init.zeros_(self.vector[-1].bias)
+        self.vector = mlp(e, e, 1)
+        last = cast(nn.Linear, self.vector[-1])  # mlp() ends in a Linear
+        nn.init.zeros_(last.weight)  # start as the identity map
+        nn.init.zeros_(last.bias)
 
     def forward(self, h, y, edges, edge_attr, rbf):
         src, dst = edges
@@ -130,8 +76,11 @@ class _Block(nn.Module):
         dist = diff.norm(dim=-1)
         pre = self.msg_target(h)[dst] + self.msg_source(h)[src] + self.msg_radial(rbf(dist)) + edge_attr
         m = self.msg_out(nn.functional.silu(pre))
-        deg = torch.zeros(h.shape[0], 1, device=h.device, dtype=h.dtype).index_add_(
-            0, dst, torch.ones_like(dist)[:, None]).clamp_min(1.0)
+        deg = (
+            torch.zeros(h.shape[0], 1, device=h.device, dtype=h.dtype)
+            .index_add_(0, dst, torch.ones_like(dist)[:, None])
+            .clamp_min(1.0)
+        )
         agg = torch.zeros(h.shape[0], m.shape[1], device=h.device, dtype=h.dtype).index_add_(0, dst, m) / deg
         h = self.norm(h + self.update(torch.cat([h, agg], dim=-1)))
         # unit-like direction (bounded near 0 Å) weighted by an invariant scalar: E(3)-equivariant
@@ -143,6 +92,8 @@ class _Block(nn.Module):
 class AtomDenoiser(nn.Module):
     """EDM-preconditioned denoiser ``D(x; sigma)`` over the atoms of one (or a batch of) model(s)."""
 
+    _freqs: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, cfg: DenoiserConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or DenoiserConfig()
@@ -152,10 +103,10 @@ class AtomDenoiser(nn.Module):
         self.residue = nn.Embedding(N_RESIDUE_TOKENS, h)
         self.ordinal = nn.Embedding(MAX_ATOM_ORDINAL + 1, h)
         self.main_chain = nn.Embedding(2, h)
-        self.noise = _mlp(16, h, h)
+        self.noise = mlp(16, h, h)
         self.edge_kind = nn.Embedding(3, e)
         self.edge_offset = nn.Embedding(2 * MAX_SEQ_OFFSET + 2, e)
-        self.rbf = _RadialBasis(cfg.rbf_count, cfg.rbf_max_A)
+        self.rbf = RadialBasis(cfg.rbf_count, cfg.rbf_max_A)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
         self.register_buffer("_freqs", torch.arange(1, 9, dtype=torch.float32) * math.pi)
 
@@ -175,8 +126,14 @@ class AtomDenoiser(nn.Module):
         co = c_out(sigma, sd)
         edges, kind, offset = graph
         emb = torch.cat([torch.sin(noise * self._freqs), torch.cos(noise * self._freqs)], dim=-1)
-        h = (self.element(feats.element) + self.atom_name(feats.atom_name) + self.residue(feats.residue_type)
-             + self.ordinal(feats.atom_ordinal) + self.main_chain(feats.main_chain.long()) + self.noise(emb))
+        h = (
+            self.element(feats.element)
+            + self.atom_name(feats.atom_name)
+            + self.residue(feats.residue_type)
+            + self.ordinal(feats.atom_ordinal)
+            + self.main_chain(feats.main_chain.long())
+            + self.noise(emb)
+        )
         edge_attr = self.edge_kind(kind) + self.edge_offset(offset)
         total = torch.zeros_like(y)
         for block in self.blocks:
@@ -185,8 +142,14 @@ class AtomDenoiser(nn.Module):
         # (sigma / sigma_data) c_in x makes D exactly the identity when the learned part is zero
         return (sigma / sd) * x_in + total
 
-    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, feats: AtomFeatures, graph=None,
-                group: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        feats: AtomFeatures,
+        graph=None,
+        group: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Denoised coordinates ``(N, 3)`` Å of noisy ``x`` ``(N, 3)`` Å at noise level ``sigma`` Å.
 
         ``sigma`` is a scalar or per-atom ``(N,)``; ``graph`` a cached :meth:`graph` of ``x``.
@@ -204,27 +167,30 @@ class AtomDenoiser(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def save_checkpoint(path, model: AtomDenoiser, extra: dict | None = None) -> None:
-    """Write weights + architecture config (+ ``extra``, e.g. optimiser state) atomically."""
-    from cryostack.io.atomic import atomic_output
+MODEL_NAME = "refine.AtomDenoiser"
+PACKAGED = "denoiser_v2"
 
-    with atomic_output(path) as tmp:
-        torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **(extra or {})}, tmp)
+
+def save_denoiser(path, model: AtomDenoiser, provenance: dict | None = None) -> None:
+    """Write the weights and architecture config in the shared checkpoint format."""
+    from cryostack.learn.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        path, model_name=MODEL_NAME, config=model.cfg.to_dict(), state_dict=model.state_dict(), provenance=provenance
+    )
 
 
 def load_denoiser(path=None, device: str = "cpu") -> AtomDenoiser:
-    """The denoiser stored at ``path`` (default: the packaged ``weights/denoiser_v2.pt``)."""
-    from pathlib import Path
-
+    """The denoiser stored at ``path`` (default: the packaged ``denoiser_v2``, hash-checked)."""
     from cryostack.errors import InputError
+    from cryostack.learn.checkpoint import load_checkpoint
+    from cryostack.learn.registry import packaged_checkpoint
 
-    path = Path(path) if path is not None else Path(__file__).parent / "weights" / "denoiser_v2.pt"
-    if not path.is_file():
-        raise InputError(path, "denoiser checkpoint not found")
+    path = packaged_checkpoint(PACKAGED) if path is None else path
+    ckpt = load_checkpoint(path, map_location=device, model_name=MODEL_NAME)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
         model = AtomDenoiser(DenoiserConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["state_dict"])
-    except Exception as exc:  # a truncated or foreign file
+    except Exception as exc:  # a checkpoint of another architecture or size
         raise InputError(path, f"not a cryostack denoiser checkpoint ({type(exc).__name__}: {exc})") from None
     return model.to(device).eval()

@@ -72,8 +72,15 @@ def config_from(config, **overrides) -> TestTimeConfig:
     return ttc
 
 
-def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenoiser | None = None,
-                     feats: AtomFeatures | None = None, **overrides):
+def refine_diffusion(
+    objective,
+    config=None,
+    progress=None,
+    *,
+    model: AtomDenoiser | None = None,
+    feats: AtomFeatures | None = None,
+    **overrides,
+):
     """Refine the objective's model by test-time optimisation of the denoiser's weights.
 
     Args:
@@ -151,14 +158,23 @@ def refine_diffusion(objective, config=None, progress=None, *, model: AtomDenois
             base = _base_offset(pretrained, x_in, feats, graph, ttc)
     fit_stats = None
     if stage_config.fit_rotamers:
+
         def polish(x: torch.Tensor) -> torch.Tensor:
             return _adapt_once(pretrained, objective, x, feats, movable, ttc)
 
         best_coords, best_recycle, fit_stats = fit_rotamers_and_polish(
-            objective, best_coords, best_loss, best_recycle, history, progress, polish)
-    result = RefineResult(coords=best_coords.cpu().numpy(), history=history, method=METHOD,
-                          best_recycle=best_recycle, wall_s=time.perf_counter() - t0, rotamer_fit=fit_stats)
-    result.denoiser = net.eval()  # the case-adapted weights, for inspection
+            objective, best_coords, best_loss, best_recycle, history, progress, polish
+        )
+    result = RefineResult(
+        coords=best_coords.cpu().numpy(),
+        history=history,
+        method=METHOD,
+        best_recycle=best_recycle,
+        wall_s=time.perf_counter() - t0,
+        rotamer_fit=fit_stats,
+    )
+    # the case-adapted weights, for inspection: an extra attribute of this result, not a RefineResult field
+    result.denoiser = net.eval()  # type: ignore[attr-defined]
     return result
 
 
@@ -175,8 +191,9 @@ def _stage_config(config):
     return dataclasses.replace(config or RefineConfig(), lr=RefineConfig.lr)
 
 
-def _base_offset(pretrained: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph,
-                 ttc: TestTimeConfig) -> torch.Tensor | float:
+def _base_offset(
+    pretrained: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph, ttc: TestTimeConfig
+) -> torch.Tensor | float:
     """What the test-time output subtracts: ``(N, 3)`` Å, the pretrained denoiser's own move of
     ``x_in`` (``residual=True``), so that the unadapted module returns ``x_in`` exactly and only
     the case-adapted change of the weights moves atoms; 0 for the raw output (``residual=False``)."""
@@ -186,8 +203,16 @@ def _base_offset(pretrained: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatur
         return pretrained(x_in, ttc.sigma_A, feats, graph=graph) - x_in
 
 
-def _step_output(net: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph, base, movable: torch.Tensor,
-                 fixed: torch.Tensor, sigma_A: float) -> torch.Tensor:
+def _step_output(
+    net: AtomDenoiser,
+    x_in: torch.Tensor,
+    feats: AtomFeatures,
+    graph,
+    base,
+    movable: torch.Tensor,
+    fixed: torch.Tensor,
+    sigma_A: float,
+) -> torch.Tensor:
     """One test-time output ``(N, 3)`` Å: the denoiser's one-step output of ``x_in`` minus ``base``
     (:func:`_base_offset`) for ``movable`` ``(N, 1)`` atoms, ``fixed`` coordinates for the rest."""
     return torch.where(movable, net(x_in, sigma_A, feats, graph=graph) - base, fixed)
@@ -201,8 +226,14 @@ def _trainable_copy(pretrained: AtomDenoiser, device) -> AtomDenoiser:
     return net
 
 
-def _adapt_once(pretrained: AtomDenoiser, objective, x_in: torch.Tensor, feats: AtomFeatures,
-                movable: torch.Tensor, ttc: TestTimeConfig) -> torch.Tensor:
+def _adapt_once(
+    pretrained: AtomDenoiser,
+    objective,
+    x_in: torch.Tensor,
+    feats: AtomFeatures,
+    movable: torch.Tensor,
+    ttc: TestTimeConfig,
+) -> torch.Tensor:
     """One recycle (``ttc.steps_per_recycle`` weight steps) of a fresh copy of the pretrained
     denoiser on ``x_in``; the lowest-loss output seen (``x_in`` itself if none is lower)."""
     net = _trainable_copy(pretrained, x_in.device)

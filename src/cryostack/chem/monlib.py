@@ -1,0 +1,93 @@
+"""The CCP4 monomer library: restraint dictionaries and gemmi topologies of a model.
+
+Restraints come from gemmi's topology built with a complete copy of the CCP4 monomer library
+(the one shipped in the ``coot-headless-api`` wheel: Debian's copy lacks ``mon_lib_list.cif``
+and has broken entries; ``$CRYOSTACK_MONLIB`` points elsewhere). Residues without a dictionary
+and atoms a dictionary lacks are returned so callers can report them, never scored against nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import gemmi
+
+from cryostack.io.models import Structure
+
+
+def monomer_library_dir() -> Path:
+    """The complete CCP4 monomer library: ``$CRYOSTACK_MONLIB``, else the coot-headless-api copy."""
+    env = os.environ.get("CRYOSTACK_MONLIB")
+    if env:
+        return Path(env)
+    import coot_headless_api
+
+    return Path(coot_headless_api.__file__).parent / "share" / "coot" / "lib" / "data" / "monomers"
+
+
+@lru_cache(maxsize=8)
+def monomer_library(names: tuple[str, ...]) -> gemmi.MonLib:
+    """The dictionaries of residue ``names`` (sorted tuple; cached), missing ones ignored."""
+    return gemmi.read_monomer_lib(str(monomer_library_dir()), list(names), ignore_missing=True)
+
+
+def topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
+    """gemmi topology of the first model: ``(prepared copy, topology, missing)``.
+
+    ``missing`` lists residue names without a dictionary (left out of the copy) and
+    ``chain/RESnum/atom`` of atoms their dictionary lacks (removed from the copy).
+    """
+    names = tuple(sorted(structure.model.get_all_residue_names()))
+    monlib = monomer_library(names)
+    missing = [n for n in names if n not in monlib.monomers]
+    dropped: list[tuple[str, str, str]] = []  # (chain, seqid, atom name) the dictionary does not know
+
+    def prepared() -> gemmi.Structure:
+        st = structure.gemmi.clone()
+        st.setup_entities()
+        if missing:
+            # Score what has a dictionary; report the rest.
+            for chain in st[0]:
+                for i in reversed(range(len(chain))):
+                    if chain[i].name in missing:
+                        del chain[i]
+            st.remove_empty_chains()
+        for chain_name, seqid, atom_name in dropped:
+            res = st[0][chain_name][seqid][0]
+            for i in reversed([i for i, a in enumerate(res) if a.name == atom_name]):
+                del res[i]
+        return st
+
+    # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out. A
+    # failed prepare_topology can leave links and serials half set up, so each try starts afresh.
+    for _ in range(1000):
+        st = prepared()
+        try:
+            topo = gemmi.prepare_topology(
+                st,
+                monlib,
+                model_index=0,
+                h_change=gemmi.HydrogenChange.NoChange,
+                reorder=False,
+                warnings=None,
+                ignore_unknown_links=True,
+            )
+            return st, topo, missing
+        except RuntimeError as exc:
+            m = re.match(r"definition not found for (\S+)/(\S+) +(-?\d+)(\S?)/(\S+)", str(exc))
+            if not m:
+                raise
+            chain, resname, num, icode, atom_name = m.groups()
+            missing.append(f"{chain}/{resname}{num}{icode}/{atom_name}")
+            dropped.append((chain, f"{num}{icode}", atom_name))
+    raise RuntimeError("too many atoms without a dictionary definition")
+
+
+def atom_key(atom: gemmi.Atom) -> tuple:
+    """Identity of an atom across gemmi's wrapper copies (topology atoms are fresh objects)."""
+    # Topology atoms are copies of the structure's atoms, so their coordinates compare exactly.
+    p = atom.pos
+    return (atom.name, atom.altloc, p.x, p.y, p.z)

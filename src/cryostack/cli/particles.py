@@ -1,0 +1,19 @@
+"""``cryostack particles``: the command group of the particle tools.
+
+Each command lives in its own module (``particles_<command>.py``) and registers itself here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+particles_app = typer.Typer(
+    help="Particle stacks: simulation, ranking, subset selection and reconstruction.", no_args_is_help=True
+)
+
+
+def _register() -> None:
+    """Commands arrive with each particle tool."""
+
+
+_register()

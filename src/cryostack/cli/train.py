@@ -1,0 +1,21 @@
+"""``cryostack train``: (pre)training of the learned models, resumable.
+
+Each command lives in its own module (``train_<model>.py``) and registers itself here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+train_app = typer.Typer(
+    help="Train the learned models on the corpus (resumable: rerun with the same --out).", no_args_is_help=True
+)
+
+
+def _register() -> None:
+    from cryostack.cli import train_denoiser
+
+    train_app.command("denoiser")(train_denoiser.denoiser)
+
+
+_register()

@@ -89,6 +89,9 @@ def main() -> None:
                 "recycles": {"old": old.get("recycles"), "new": new.get("recycles")},
             }
         )
+    wanted = {(c, m) for c in args.cases.split(",") for m in args.methods.split(",")}
+    missing = sorted(f"{c} {m}" for c, m in wanted - {(x["case"], x["method"]) for x in comparisons})
+    all_within = all_within and not missing  # a row that did not run reproduces nothing
     result = {
         "benchmark": "refine rows rerun at a new commit and compared with a results file",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -98,6 +101,7 @@ def main() -> None:
         "cases": args.cases.split(","),
         "methods": args.methods.split(","),
         "all_within_noise": all_within,
+        "not_compared": missing,
         "comparisons": comparisons,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -261,7 +261,7 @@ def child(work: Path) -> None:
 
     run.get_optimizer = get_optimizer
 
-    def progress(recycle, loss, terms, cc, crop=None):
+    def progress(recycle, loss, terms, cc, crop=None, stage="adam"):
         log(
             f"  crop {crop[0]}/{crop[1]} recycle {recycle}: loss {loss:.3f} CC {cc:.3f}"
             if crop

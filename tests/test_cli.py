@@ -23,7 +23,7 @@ def test_info_map_and_model():
     r = run("info", str(SPIKE_NTD_MAP))
     assert r.returncode == 0, r.stderr
     assert "voxel_size_A" in r.stdout and "1.05" in r.stdout and "ORIGIN field" in r.stdout
-    r = run("info", str(SPIKE_NTD_MODEL), "--json")
+    r = run("info", str(SPIKE_NTD_MODEL), "--json", "-")
     assert r.returncode == 0, r.stderr
     import json
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cryostack.density.resolution import check_resolution
+from cryostack.density.checks import check_resolution
 from cryostack.errors import CryostackError, DataAccessError, InputError
 
 SPIKE = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "examples" / "spike_ntd"

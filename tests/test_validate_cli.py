@@ -100,7 +100,7 @@ def test_bad_outputs_are_refused_before_any_work(tmp_path):
     _one_line_error(r, "--plots", "existing file")
     assert r.stdout == "" and existing.read_bytes() == b"not a folder"
     r = run("--model", str(SPIKE_NTD_MODEL), "--json", str(tmp_path))
-    _one_line_error(r, "--json", "folder")
+    _one_line_error(r, "folder")
     r = run("--model", str(SPIKE_NTD_MODEL), "--json", str(SPIKE_NTD_MODEL))
     _one_line_error(r, "overwrite an input")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gemmi
 
+from cryostack.errors import InputError
 from cryostack.io.models import Structure
 
 
@@ -78,12 +79,12 @@ def topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[st
             return st, topo, missing
         except RuntimeError as exc:
             m = re.match(r"definition not found for (\S+)/(\S+) +(-?\d+)(\S?)/(\S+)", str(exc))
-            if not m:
-                raise
+            if not m:  # a model gemmi cannot make a topology of: an input problem, said in one line
+                raise InputError(structure.source or "model", f"no restraint topology ({exc})") from None
             chain, resname, num, icode, atom_name = m.groups()
             missing.append(f"{chain}/{resname}{num}{icode}/{atom_name}")
             dropped.append((chain, f"{num}{icode}", atom_name))
-    raise RuntimeError("too many atoms without a dictionary definition")
+    raise InputError(structure.source or "model", "too many atoms without a monomer-library definition")
 
 
 def atom_key(atom: gemmi.Atom) -> tuple:

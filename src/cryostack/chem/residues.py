@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryostack.io.models import AtomArrays
+from cryostack.io.models import PROTEIN, AtomArrays
 
 #: The 20 standard amino acids, alphabetical by 3-letter code.
 AMINO_ACIDS: tuple[str, ...] = (
@@ -88,3 +88,17 @@ def canonical_atom(name: str) -> str:
 def main_chain_mask(atoms: AtomArrays) -> np.ndarray:
     """``(N,)`` bool: protein main chain (N, CA, C, O, OXT) or nucleic-acid sugar-phosphate atoms."""
     return atoms.is_polymer & np.isin(np.array(atoms.atom_names, dtype=object), list(MAIN_CHAIN))
+
+
+def trace_residues(atoms: AtomArrays) -> tuple[int, int]:
+    """(protein residues with a Cα but neither N nor C, protein residues)."""
+    protein = np.flatnonzero(atoms.residue_class == PROTEIN)
+    if protein.size == 0:
+        return 0, 0
+    names = np.array(atoms.atom_names, dtype=object)
+    res = atoms.residue_index
+    has = {n: np.zeros(len(atoms.residue_names), dtype=bool) for n in ("N", "CA", "C")}
+    for n in has:
+        has[n][res[names == n]] = True
+    trace = has["CA"] & ~has["N"] & ~has["C"]
+    return int(trace[protein].sum()), int(protein.size)

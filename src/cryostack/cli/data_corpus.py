@@ -28,6 +28,9 @@ def corpus(
     entries: Path | None = typer.Option(
         None, "--entries", help="File of PDB ids (or file names), one a line: export only these entries."
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable model file (default: skip and list them)."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Export a training corpus (backbone N/CA/C/O/CB in Å, optional side chains) with train/val/test splits."""
@@ -44,7 +47,7 @@ def corpus(
 
     result = export_corpus(
         out, source=source, sidechains=sidechains, workers=workers, seed=seed, limit=limit,
-        progress=not no_progress, rotamer_model=rotamer_model, entries=wanted,
+        progress=not no_progress, rotamer_model=rotamer_model, entries=wanted, strict=strict,
     )  # fmt: skip
     info = result.info
     s = info["splits"]
@@ -54,3 +57,8 @@ def corpus(
         f"{s['train']['chains']}/{s['val']['chains']}/{s['test']['chains']} chains; "
         f"{disk_size_bytes(out) / 1e6:.1f} MB; export time {info['export_wall_time_s']} s"
     )
+    skipped = info.get("skipped_files", [])
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable files (listed in {out / 'corpus.json'}):", err=True)
+        for s_ in skipped[:10]:
+            typer.echo(f"  {s_['file']}: {s_['problem']}", err=True)

@@ -35,7 +35,7 @@ def simulate(
 
     from cryostack.data.synthetic import SimulationConfig
     from cryostack.data.write import write_dataset
-    from cryostack.density.resolution import check_resolution
+    from cryostack.density.checks import check_resolution
     from cryostack.errors import InputError
 
     lo, hi = resolution

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import typer
 
-from cryostack.cli.options import SEED
+from cryostack.cli.options import SEED, THREADS, apply_threads
 
 
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
     max_recycles: int = typer.Option(8, "--max-recycles", min=1, help="Most refinement recycles."),
     seed: int = SEED,
+    threads: int | None = THREADS,
 ) -> None:
     """Perturb the deposited spike NTD model and refine it back into its map (EMD-21457 / 6VYB)."""
+    apply_threads(threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -30,7 +32,7 @@ def demo(
             say=lambda text: console.print(text, highlight=False),
             status=spinner.update,
         )
-    table = Table(title=f"Before / after refinement ({result.recycles} recycles, {result.wall_s:.0f} s)")
+    table = Table(title=f"Before / after refinement ({result.recycles} recycles + rotamer fit, {result.wall_s:.0f} s)")
     table.add_column("measure")
     table.add_column("perturbed", justify="right")
     table.add_column("refined", justify="right")

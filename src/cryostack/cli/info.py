@@ -38,9 +38,15 @@ def _fmt(v) -> str:
 
 def info(
     path: Path = typer.Argument(..., help="A map (.mrc, .map, .ccp4, optionally .gz) or a model (.pdb, .cif)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the summary as JSON to this file ('-': print it instead of the table)."
+    ),
 ) -> None:
     """Summarise a map (shape, voxel size, origin, nstart, axis order, statistics) or a model."""
+    if json_out is not None and str(json_out) != "-":
+        from cryostack.io.atomic import check_writable
+
+        check_writable(json_out)
     kind = file_kind(path)
     if kind == "map":
         from cryostack.io.maps import map_summary, read_map
@@ -50,9 +56,15 @@ def info(
         from cryostack.io.models import read_structure
 
         summary = read_structure(path).summary()
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
+    if json_out is not None:
+        text = json.dumps(summary, indent=2)
+        if str(json_out) == "-":
+            typer.echo(text)
+            return
+        from cryostack.io.atomic import atomic_output
+
+        with atomic_output(json_out, protect=(path,)) as tmp:
+            tmp.write_text(text + "\n")
     console = Console()
     table = Table(title=f"{path} ({kind})", show_header=False)
     for key, value in summary.items():

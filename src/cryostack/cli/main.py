@@ -20,13 +20,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Groups for the tools that build on the core; their commands arrive with each tool.
-GROUPS = {
-    "enhance": "Map enhancement for 4–8 Å maps.",
-    "build": "Atomic model building from a map and a sequence.",
+#: Tools still to come: listed in --help, and a call says so in one line (exit 2) instead of
+#: showing an empty group.
+NOT_YET = {
+    "enhance": "map enhancement for 4–8 Å maps",
+    "build": "atomic model building from a map and a sequence",
 }
-for _name, _help in GROUPS.items():
-    app.add_typer(typer.Typer(help=_help, no_args_is_help=True), name=_name)
+
+
+def _not_yet(name: str, what: str):
+    def command(ctx: typer.Context) -> None:
+        raise CryostackError(f"cryostack {name} ({what}) is not available in this release yet")
+
+    command.__doc__ = f"(not available yet) {what[0].upper()}{what[1:]}."
+    return command
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cryostack import __version__
+
+        typer.echo(f"cryostack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """From cryo-EM particle images to a refined atomic model."""
 
 
 def _register_groups() -> None:
@@ -52,6 +76,11 @@ _registered: list[bool] = []
 def _register() -> None:
     from cryostack.cli import demo, info, refine, simulate_map, validate
 
+    for name, what in NOT_YET.items():
+        app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+            _not_yet(name, what)
+        )
+
     app.command("info")(info.info)
     app.command("simulate-map")(simulate_map.simulate_map)
     app.command("validate")(validate.validate)
@@ -63,8 +92,15 @@ err_console = Console(stderr=True)
 INTERRUPTED = "interrupted: nothing partial was written; resumable commands continue where they stopped when rerun"
 
 
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    err_console.print(f"[yellow]warning:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; input problems print one line and exit with status 2, Ctrl-C exits 130."""
+    import warnings
+
+    warnings.showwarning = _warn_one_line  # a warning about an input is one line too, not a source listing
     try:
         # Commands are registered here, inside the try, so Ctrl-C during start-up is handled too.
         _register_all()
@@ -88,9 +124,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # click usage errors
         # Duck-typed: typer ≥ 0.29 vendors click (typer._click), so `import click` may fail.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            show()
+        message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if callable(message) and isinstance(exit_code, int):
+            # One line like every other refusal; `--help` shows the usage.
+            err_console.print(
+                f"[bold red]error:[/] {' '.join(str(message()).split())}", highlight=False, soft_wrap=True
+            )
             sys.exit(exit_code)
         raise
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cryostack.cli.options import DEVICE, RESOLUTION, SEED, check_device
+from cryostack.cli.options import DEVICE, RESOLUTION, SEED, THREADS, apply_threads, check_device
 
 
 def refine(
@@ -20,7 +20,12 @@ def refine(
         None, "--out", help="Refined model (.cif); default MODEL_refined.cif beside the input."
     ),
     device: str = DEVICE,
-    max_recycles: int = typer.Option(8, "--max-recycles", help="Most recycles (each a batch of optimiser steps)."),
+    max_recycles: int = typer.Option(
+        8,
+        "--max-recycles",
+        min=1,
+        help="Most optimiser recycles (after coarse placement; a rotamer fit and polish follow).",
+    ),
     method: str = typer.Option(
         "direct",
         "--method",
@@ -29,9 +34,11 @@ def refine(
     ),
     weights: str | None = typer.Option(None, "--weights", help="Loss weights, e.g. 'density=60,rama=1'."),
     seed: int = SEED,
+    threads: int | None = THREADS,
     no_q: bool = typer.Option(False, "--no-q-score", help="Leave the Q-score out of the report (faster)."),
 ) -> None:
     """Refine a model against a cryo-EM map (density fit + monomer-library geometry + Top8000 priors)."""
+    apply_threads(threads)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -57,11 +64,14 @@ def refine(
             bar.start_task(task)
         bar.update(task, description=text)
 
-    def progress(recycle, loss, terms, cc, crop=None):
-        shown = " ".join(f"{k}={v:.3g}" for k, v in terms.items())
+    def progress(recycle, loss, terms, cc, crop=None, stage="adam"):
         where = f"crop {crop[0]}/{crop[1]} " if crop else ""
-        status(f"{where}recycle {recycle}")
-        bar.update(task, completed=recycle, info=f"CC {cc:.3f} loss {loss:.4g} | {shown}")
+        what = f"recycle {recycle}/{max_recycles}" if stage == "adam" else stage.replace("_", " ")
+        status(f"{where}{what}")
+        if stage == "adam":
+            bar.update(task, completed=recycle)
+        # Short enough for an 80-column terminal; every term is in the JSON report.
+        bar.update(task, info=f"CC {cc:.3f} loss {loss:.4g} bond {terms.get('bond', 0):.3g}")
 
     try:
         job = refine_files(

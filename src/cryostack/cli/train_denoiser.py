@@ -6,18 +6,20 @@ from pathlib import Path
 
 import typer
 
-from cryostack.cli.options import DEVICE, SEED, check_device
+from cryostack.cli.options import DEVICE, SEED, THREADS, apply_threads, check_device
 
 
 def denoiser(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus directory (cryostack data corpus)."),
     out: Path = typer.Option(..., "--out", help="Run directory: last.pt (resumable), denoiser.pt, report.json."),
     # Defaults come from PretrainConfig (read inside, so `--help` does not import torch).
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimiser steps [default: 6000]."),
-    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Wall-clock budget [default: 39.6]."),
-    batch_chains: int | None = typer.Option(None, "--batch-chains", min=1, help="Chains per step [default: 4]."),
-    crop_atoms: int | None = typer.Option(None, "--crop-atoms", min=16, help="Atoms per crop [default: 512]."),
-    val_chains: int | None = typer.Option(None, "--val-chains", min=0, help="Validation chains [default: 32]."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimiser steps (default 6000)."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", help="Wall-clock budget in minutes (default 39.6)."
+    ),
+    batch_chains: int | None = typer.Option(None, "--batch-chains", min=1, help="Chains per step (default 4)."),
+    crop_atoms: int | None = typer.Option(None, "--crop-atoms", min=16, help="Atoms per crop (default 512)."),
+    val_chains: int | None = typer.Option(None, "--val-chains", min=0, help="Validation chains (default 32)."),
     backbone_only: bool = typer.Option(False, "--backbone-only", help="Ignore full-atom chains."),
     full_atom_from: Path | None = typer.Option(
         None, "--full-atom-from", help="Another corpus whose full-atom chains replace the same chains of --corpus."
@@ -26,12 +28,11 @@ def denoiser(
         [], "--hold-out-from", help="Never train on entries in the val/test split of this corpus (repeatable)."
     ),
     seed: int = SEED,
-    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+    threads: int | None = THREADS,
     device: str = DEVICE,
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Pretrain the atom denoiser of `refine --method diffusion` on the corpus train split."""
-    import torch
 
     from cryostack.errors import InputError
     from cryostack.refine.diffusion.config import PretrainConfig
@@ -40,7 +41,7 @@ def denoiser(
     check_device(device)
     if not (corpus / "corpus.json").is_file():
         raise InputError(corpus, "not a cryostack corpus (no corpus.json)")
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     d = PretrainConfig()
     pcfg = PretrainConfig(
         steps=steps or d.steps,

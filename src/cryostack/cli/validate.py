@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cryostack.cli.options import JSON_OUT, RESOLUTION
+from cryostack.cli.options import JSON_OUT, RESOLUTION, THREADS, apply_threads
 from cryostack.errors import InputError
 
 
@@ -21,10 +21,13 @@ def validate(
     json_out: Path | None = JSON_OUT,
     plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
     no_q: bool = typer.Option(False, "--no-q-score", help="Skip the Q-score (faster)."),
+    threads: int | None = THREADS,
 ) -> None:
     """Validate a model: the cryo-EM 'Table 1' in one command."""
+    apply_threads(threads)
     from rich.console import Console
 
+    from cryostack.io.atomic import check_writable
     from cryostack.validate.api import validate as run_validate
     from cryostack.validate.report import text_table, write_plots
     from cryostack.validate.stages import Stages
@@ -36,10 +39,12 @@ def validate(
     for out in (json_out, plots):
         if out is not None and any(out.resolve() == p.resolve() for p in inputs):
             raise InputError(out, "output would overwrite an input file")
-    if json_out is not None and json_out.is_dir():
-        raise InputError(json_out, "--json names a folder; give a file name")
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise InputError(plots, "--plots names an existing file; give a folder")
+    if json_out is not None:
+        check_writable(json_out)
+    if plots is not None:
+        if plots.exists() and not plots.is_dir():
+            raise InputError(plots, "--plots names an existing file; give a folder")
+        check_writable(plots / "ramachandran.png")
     console = Console(stderr=True)
     with console.status("validating") as status:
         stages = Stages(on_start=lambda name: status.update(f"validating: {name}"))

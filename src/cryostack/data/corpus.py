@@ -44,6 +44,7 @@ import numpy as np
 from cryostack.data._shardio import is_valid_npz, read_npz, sha256, write_npz
 from cryostack.data.splits import SPLITS, SplitConfig, make_splits, write_json
 from cryostack.errors import DataAccessError, InputError
+from cryostack.io.atomic import check_writable
 from cryostack.io.models import Structure
 
 CORPUS_FORMAT = "cryostack-corpus"
@@ -347,8 +348,12 @@ def export_corpus(
     entries: list[str] | None = None,
     split_config: SplitConfig | None = None,
     structure_db: str | Path = STRUCTURE_DB,
+    strict: bool = False,
 ) -> Corpus:
     """Export a corpus to ``out`` (resuming a partial export there) and open it.
+
+    From a directory, unreadable model files are skipped and listed in ``corpus.json``
+    (``skipped_files``); with ``strict`` the first one stops the export with its problem.
 
     ``source``: ``"promod3"`` (the StructureDB) or a directory of PDB/mmCIF files.
     ``sidechains``: ``"none"``, ``"all"``, a number of chains picked with ``seed``, or a file
@@ -356,6 +361,9 @@ def export_corpus(
     picked at random with ``seed``. ``entries``: only these PDB ids (or file names).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a directory")
+    check_writable(out / "corpus.json")
     workers = max(1, int(workers))
     if limit is not None and limit < 1:
         raise InputError(None, f"limit must be at least 1, got {limit}")
@@ -383,7 +391,7 @@ def export_corpus(
     )
     created = not out.exists()
     try:
-        _run_export(out, opts, split_cfg, workers, progress, structure_db)
+        _run_export(out, opts, split_cfg, workers, progress, structure_db, strict)
     except InputError:
         if created and out.is_dir():
             shutil.rmtree(out)  # the folder is ours from this run: leave no partial output
@@ -391,7 +399,9 @@ def export_corpus(
     return Corpus(out)
 
 
-def _run_export(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, progress: bool, structure_db) -> None:
+def _run_export(
+    out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, progress: bool, structure_db, strict: bool = False
+) -> None:
     src = opts.source
     _claim_output(out, opts)
     reporter = _Progress(progress)
@@ -406,7 +416,7 @@ def _run_export(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int,
             if src == "promod3":
                 _export_structure_db(out, opts, Path(structure_db), workers, reporter)
             else:
-                _export_user_dir(out, opts, workers, reporter)
+                _export_user_dir(out, opts, workers, reporter, strict)
             _finalise(out, opts, split_cfg, workers, reporter, t0)
     finally:
         if old_handler is not None:
@@ -763,8 +773,15 @@ def read_model_chains(path: Path, min_length: int = 5) -> list[dict]:
     return chains
 
 
-def _ingest_user_shard(files: list[str], bb_out: str, sc_out: str, sc_files: list[bool], use_dssp: bool) -> int:
-    """Read ``files`` → one backbone shard (and a side-chain shard); returns chains written."""
+def _ingest_user_shard(
+    files: list[str], bb_out: str, sc_out: str, sc_files: list[bool], use_dssp: bool, strict: bool = False
+) -> int:
+    """Read ``files`` → one backbone shard (and a side-chain shard); returns chains written.
+
+    An unreadable file is skipped and listed in ``<bb_out>.skipped.json`` (written before the
+    shard, so a resumed export still knows), unless ``strict``: then it stops the export.
+    """
+    skipped: list[dict[str, str]] = []
     ids, chains, starts, offsets, coords, seqs, resnums = [], [], [], [0], [], [], []
     sc: dict[str, list[Any]] = {
         "pdb_id": [],
@@ -777,7 +794,15 @@ def _ingest_user_shard(files: list[str], bb_out: str, sc_out: str, sc_files: lis
     }
     for f, want_sc in zip(files, sc_files):
         entry = _entry_name(Path(f))
-        for ch in read_model_chains(Path(f)):
+        try:
+            file_chains = read_model_chains(Path(f))
+        except (InputError, ValueError, RuntimeError, OSError) as exc:  # gemmi raises these on broken files
+            problem = exc.problem if isinstance(exc, InputError) else " ".join(str(exc).split())
+            if strict:
+                raise InputError(f, f"unreadable model file: {problem}") from None
+            skipped.append({"file": str(f), "problem": problem[:300]})
+            continue
+        for ch in file_chains:
             ids.append(entry)
             chains.append(ch["chain_id"])
             starts.append(int(ch["resnum"][0]))
@@ -822,6 +847,7 @@ def _ingest_user_shard(files: list[str], bb_out: str, sc_out: str, sc_files: lis
                 "residue": np.array(sc["residue"], dtype=np.int32),
             },
         )
+    write_json(Path(bb_out + ".skipped.json"), skipped)
     write_npz(bb_out, arrays)  # last: its presence marks the shard done
     return len(ids)
 
@@ -844,7 +870,7 @@ def _dssp_for(arrays: dict, bb_out: Path) -> str:
                 p.unlink()
 
 
-def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progress) -> None:
+def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progress, strict: bool = False) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     root = Path(opts.source)
@@ -886,6 +912,7 @@ def _export_user_dir(out: Path, opts: _Options, workers: int, reporter: _Progres
             str(out / "sidechains" / _shard_name("sidechains", k)),
             [bool(sc_mask[i]) for i in idx],
             use_dssp,
+            strict,
         )
         for k, idx in todo
     ]
@@ -980,6 +1007,9 @@ def _finalise(out: Path, opts: _Options, split_cfg: SplitConfig, workers: int, r
         "n_entries": len({r["pdb_id"] for r in rows}),
         "n_residues": int(sum(r["length"] for r in rows)),
         "n_chains_with_sidechains": int(sum(r["has_sidechains"] for r in rows)),
+        "skipped_files": [
+            s for f in sorted((out / "backbone").glob("bb_*.npz.skipped.json")) for s in json.loads(f.read_text())
+        ],
         "backbone_atoms": list(BACKBONE_ATOMS),
         "units": {"coords": "angstrom, original PDB frame"},
         "splits": split_counts,

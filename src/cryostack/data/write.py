@@ -17,7 +17,7 @@ from cryostack.data.corpus import Corpus
 from cryostack.data.datasets import ItemCache, SimulatedMapDataset
 from cryostack.data.synthetic import SimulatedItem, SimulationConfig, item_structure
 from cryostack.errors import InputError
-from cryostack.io.atomic import atomic_output
+from cryostack.io.atomic import atomic_output, check_writable
 from cryostack.io.maps import write_map
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ def write_dataset(
         raise InputError(None, "the test split is held out for evaluation: pass allow_test to simulate from it")
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a directory")
+    check_writable(out / "manifest.json")
 
     source = Corpus(corpus_dir)
     dataset = SimulatedMapDataset(source, config, split=split, allow_test=allow_test, length=n, seed=seed)

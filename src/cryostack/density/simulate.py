@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryostack.density.checks import check_model_atoms
 from cryostack.density.scattering import electron_gaussians
 from cryostack.io.maps import GridSpec
 
@@ -136,12 +137,16 @@ def _plan(xyz, btot, amp, g_shape, voxel, origin, cutoff, chunk_voxels):
     dev, dt = xyz.device, xyz.dtype
     vox_t = torch.tensor(voxel, device=dev, dtype=dt)
     norm = amp.detach() * (4.0 * math.pi / btot.detach()) ** 1.5
+    # An atom with occupancy 0 adds nothing, and its cutoff radius (a ratio to its zero peak) is
+    # undefined: it is left out of the plan rather than given a NaN stencil.
+    live = norm.sum(dim=1) != 0
     radius = _radius_voxels(btot.detach(), norm, vox_t, cutoff)  # (N, 3) voxels
+    radius = torch.where(live[:, None], radius, torch.zeros_like(radius))
     p = (xyz.detach() - torch.tensor(origin, device=dev, dtype=dt)) / vox_t
     first = torch.ceil(p - radius).to(torch.int64)  # covers every voxel within the radius
     size = torch.floor(2.0 * radius).to(torch.int64) + 1
     n_xyz = torch.tensor(g_shape[::-1], device=dev)
-    inside = ((first + size > 0) & (first < n_xyz)).all(dim=1)
+    inside = live & ((first + size > 0) & (first < n_xyz)).all(dim=1)
     if not bool(inside.any()):
         return _Grid(tuple(g_shape), tuple(voxel), tuple(origin), (0, 0, 0), (0, 0, 0)), []
     # Pad only where stencils overhang the grid (often nowhere, e.g. a box with a margin): an
@@ -327,6 +332,7 @@ def simulate_model_map(
     Hydrogens are left out by default, since deposited models rarely carry them consistently.
     """
     arr = structure.atoms()
+    check_model_atoms(arr, structure.source)  # one line for a model with no meaningful density
     keep = slice(None) if include_hydrogens else ~arr.is_hydrogen
     t = arr.torch(device)
     b = t["b_factors"][keep] if use_b_factors else None

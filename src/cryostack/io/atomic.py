@@ -33,7 +33,10 @@ def atomic_output(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> 
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise InputError(path, f"cannot write the output ({exc.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -48,7 +51,7 @@ def atomic_output(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> 
 
 def check_writable(path: str | Path) -> Path:
     """Raise :class:`InputError` now, before any work, if ``path`` could not be written later:
-    it names a folder, or its nearest existing parent is not a writable folder."""
+    it names a folder, or no file can be created in its folder (tried, then removed)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "output names a folder; give a file name")
@@ -59,6 +62,12 @@ def check_writable(path: str | Path) -> Path:
         raise InputError(path, f"cannot create the output: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(path, f"cannot write the output: folder {parent} is not writable")
+    try:  # permissions do not tell everything (read-only mounts, /proc, quotas): try it
+        fd, probe = tempfile.mkstemp(prefix=".cryostack-write-test.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(path, f"cannot write the output in {parent} ({exc.strerror})") from None
     return path
 
 

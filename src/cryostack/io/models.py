@@ -297,6 +297,9 @@ def read_structure(path: str | Path) -> Structure:
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(path, "model contains no atoms")
     st.setup_entities()
+    unnumbered = sum(1 for ch in st[0] for res in ch if res.seqid.num is None)
+    if unnumbered:
+        raise InputError(path, f"{unnumbered} residues have no residue number")
     coords = np.array([cra.atom.pos.tolist() for cra in st[0].all()])
     if not np.all(np.isfinite(coords)):
         raise InputError(path, "model has non-finite coordinates")

@@ -96,11 +96,9 @@ def run_demo(
     t0 = time.perf_counter()
     status("refining")
 
-    def progress(recycle, loss, terms, cc, crop=None):
-        status(
-            f"refining: recycle {recycle}/{max_recycles}, CC {cc:.3f}, loss {loss:.4g}, "
-            f"bond {terms['bond']:.3g}, angle {terms['angle']:.3g}, rama {terms['rama']:.3g}"
-        )
+    def progress(recycle, loss, terms, cc, crop=None, stage="adam"):
+        what = f"recycle {recycle}/{max_recycles}" if stage == "adam" else stage.replace("_", " ")
+        status(f"refining: {what}, CC {cc:.3f}, loss {loss:.4g}, bond {terms['bond']:.3g}, angle {terms['angle']:.3g}")
 
     refined, result = refine(start, density, res, RefineConfig(max_recycles=max_recycles, seed=seed), progress=progress)
     wall = time.perf_counter() - t0
@@ -130,4 +128,4 @@ def run_demo(
     refined.write(files[2])
     with atomic_output(files[3]) as tmp:
         tmp.write_text(json.dumps(jsonable(report), indent=2))
-    return DemoResult(report, rows, len(result.history) - 1, wall, files)
+    return DemoResult(report, rows, result.n_recycles, wall, files)

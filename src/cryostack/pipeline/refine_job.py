@@ -34,10 +34,19 @@ class RefineJobResult:
     outputs: tuple[Path, Path, Path]  # model, text report, JSON report
 
 
+#: Model file endings stripped to name the reports beside a refined model (longest first).
+MODEL_SUFFIXES = (".mmcif.gz", ".cif.gz", ".pdb.gz", ".ent.gz", ".mmcif", ".cif", ".pdb", ".ent")
+
+
 def default_outputs(model: Path, out: Path | None) -> tuple[Path, Path, Path]:
     """``(model.cif, report.txt, report.json)``: ``MODEL_refined.cif`` beside the input by default."""
     out = out or model.with_name(model.name.split(".")[0] + "_refined.cif")
-    stem = out.with_suffix("") if out.suffix.lower() == ".cif" else out
+    name = out.name
+    for suffix in MODEL_SUFFIXES:  # r.pdb -> r_report.txt, not r.pdb_report.txt
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = out.with_name(name)
     return out, Path(f"{stem}_report.txt"), Path(f"{stem}_report.json")
 
 
@@ -100,7 +109,7 @@ def refine_files(
     bd, ad = before.to_dict(), after.to_dict()
     title = (
         f"cryostack refine ({config.method}): {model.name} in {map_path.name} at {resolution_A} Å, "
-        f"{len(result.history) - 1} recycles, best {result.best_recycle}, {result.wall_s:.0f} s"
+        f"{result.n_recycles} recycles, best record {result.best_recycle}, {result.wall_s:.0f} s"
     )
     text = text_report(report_rows(bd, ad), title)
     refined.write(outputs[0], protect=inputs)

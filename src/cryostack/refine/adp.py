@@ -16,7 +16,6 @@ keep their B-factors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
@@ -123,10 +122,10 @@ def refine_b_factors(objective, coords: torch.Tensor, *, steps: int = 100, lr: f
     if cc_end > best[0]:
         best = (cc_end, b.detach().clone())
     cc_after, b_best = best
-    if cc_after <= cc_before:  # never hand back a worse fit than the input B-factors
+    # Never hand back a worse fit than the input B-factors; with no defined CC at all (an empty
+    # mask: every CC is NaN, so nothing beat the -2 start) the input B-factors stay too.
+    if b_best is None or not cc_after > cc_before:
         cc_after, b_best = cc_before, b_in
-    # b_best is None only if every CC (cc_before too) was NaN; that case fails here as before
-    b_best = cast(torch.Tensor, b_best)
     return AdpResult(
         b_factors=b_best.cpu().numpy().astype(np.float32),
         cc_before=cc_before,

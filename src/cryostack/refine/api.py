@@ -78,6 +78,12 @@ class RefineResult:
     crops: int = 1
     wall_s: float = 0.0
     rotamer_fit: dict | None = None
+
+    @property
+    def n_recycles(self) -> int:
+        """Optimiser recycles run (``"adam"`` records), not counting the start, rotamer fit and polish."""
+        return sum(1 for r in self.history if r.stage == "adam")
+
     #: The B-factor fit (:class:`cryostack.refine.adp.AdpResult` as a dict), ``None`` if it did not run.
     adp: dict | None = None
 

@@ -18,7 +18,8 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
 
-from cryostack.density.resolution import check_resolution
+from cryostack.chem.residues import trace_residues
+from cryostack.density.checks import check_map_values, check_model_atoms, check_resolution
 from cryostack.errors import InputError
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, Structure
@@ -37,7 +38,16 @@ def check_inputs(structure: Structure, density_map: DensityMap, resolution_A: fl
     where_map = density_map.source or "map"
     where_model = structure.source or "model"
     check_resolution(resolution_A, where=where_map, needed_for="refinement")
+    check_map_values(density_map)
     arr = structure.atoms()
+    check_model_atoms(arr, where_model)
+    n_trace, n_protein = trace_residues(arr)
+    if n_protein and n_trace > n_protein // 2:
+        raise InputError(
+            where_model,
+            f"{n_trace} of {n_protein} protein residues have only a Cα: refinement needs full residues "
+            "(a Cα trace has no restraints to keep its geometry)",
+        )
     idx = density_map.angstrom_to_voxel(arr.coords)
     outside = float(np.any((idx < 0) | (idx > np.array(density_map.shape) - 1), axis=1).mean())
     if outside > MAX_OUTSIDE_FRACTION:
@@ -78,7 +88,8 @@ def refine(
 
     Returns the refined structure (same chains, numbering, atoms and metadata; ligands and
     waters unmoved) and the optimiser's :class:`RefineResult`. ``progress`` (optional) is called
-    per recycle as ``progress(recycle, loss, terms, cc)``; in crop mode it gets an extra keyword
+    per recycle as ``progress(recycle, loss, terms, cc, stage=...)`` (``stage`` only for the rotamer-fit
+    and polish records); in crop mode it gets an extra keyword
     ``crop=(i, n)``.
     """
     config = config or RefineConfig()
@@ -191,8 +202,8 @@ def _refine_crops(
         cb = None
         if progress is not None:
 
-            def cb(recycle, loss, terms, cc, _ci=ci):
-                progress(recycle, loss, terms, cc, crop=(_ci + 1, len(crops)))
+            def cb(recycle, loss, terms, cc, _ci=ci, **kw):
+                progress(recycle, loss, terms, cc, crop=(_ci + 1, len(crops)), **kw)
 
         res = optimizer(obj, config, cb)
         mine = (atom_core[index] == crop_id) & movable
@@ -211,7 +222,9 @@ def _refine_crops(
     res = optimizer(
         obj,
         seam_config,
-        None if progress is None else (lambda r, l, t, c: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1))),
+        None
+        if progress is None
+        else (lambda r, l, t, c, **kw: progress(r, l, t, c, crop=(len(crops) + 1, len(crops) + 1), **kw)),
     )
     history.extend(res.history[1:])
     fits.append(res.rotamer_fit)

@@ -184,7 +184,7 @@ def record(objective, x: torch.Tensor, history: list, stage: str, progress) -> R
     rec = RecycleRecord(len(history), float(loss), terms_as_floats(terms), recycle_cc(objective, x, terms), stage)
     history.append(rec)
     if progress is not None:
-        progress(rec.recycle, rec.loss, rec.terms, rec.cc)
+        progress(rec.recycle, rec.loss, rec.terms, rec.cc, stage=stage)
     return rec
 
 

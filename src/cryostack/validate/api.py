@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from cryostack.density.resolution import check_resolution
+from cryostack.chem.residues import trace_residues
+from cryostack.density.checks import check_map_values, check_model_atoms, check_resolution
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.io.maps import DensityMap, read_map
@@ -90,6 +91,8 @@ def validate(
             dmap = density if isinstance(density, DensityMap) else read_map(density)
         where = dmap.source or "map"
         resolution_A = check_resolution(resolution_A, where=where, needed_for="map–model validation")
+        check_map_values(dmap)
+        check_model_atoms(atoms, name)
         halves: tuple[DensityMap, DensityMap] | None = None
         if half_maps is not None:
             with stage(stages, "read inputs"):
@@ -146,7 +149,19 @@ def validate(
         )
 
     has_protein = bool((atoms.residue_class == PROTEIN).any())
-    if has_protein:
+    n_trace, n_protein = trace_residues(atoms)
+    if n_protein and n_trace > n_protein // 2:
+        # A Cα trace (what builders produce first) has no bonds, angles, φ/ψ or side chains, and
+        # heavy-atom radii say nothing about Cα–Cα contacts: those scores are left out, not zeroed.
+        result.geometry.clashscore = None
+        result.geometry.clashes = []
+        result.notes = [n for n in result.notes if not n.startswith("clashscore is heavy-atom")]
+        result.notes.append(
+            f"Cα trace ({n_trace} of {n_protein} protein residues have only Cα): bond/angle, clash, "
+            "Ramachandran, rotamer and Cβ scores need full residues and are not reported"
+        )
+        has_protein = False
+    elif has_protein:
         from cryostack.validate.cbeta import cbeta_deviations
         from cryostack.validate.ramachandran import ramachandran
         from cryostack.validate.rotamers import rotamers
@@ -157,7 +172,7 @@ def validate(
             result.rotamer = rotamers(structure)
         with stage(stages, "C-beta deviations"):
             result.cbeta = cbeta_deviations(structure)
-    else:
+    elif n_protein == 0:
         result.notes.append("no protein residues: Ramachandran, rotamer and Cβ scores skipped")
 
     if reference is not None:

@@ -219,6 +219,8 @@ def _within_bonds(
     bond_i: list[int], bond_j: list[int], n_atoms: int, i: np.ndarray, j: np.ndarray, depth: int
 ) -> np.ndarray:
     """Whether atoms ``i[k]`` and ``j[k]`` are joined by a path of at most ``depth`` bonds."""
+    if len(i) == 0:  # scipy returns a sparse matrix, not an array, for an empty selection
+        return np.zeros(0, dtype=bool)
     adj = sparse.coo_matrix(
         (np.ones(2 * len(bond_i)), (bond_i + bond_j, bond_j + bond_i)), shape=(n_atoms, n_atoms)
     ).tocsr()

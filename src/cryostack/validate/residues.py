@@ -100,11 +100,12 @@ class ClassifiedCounts:
         return [r.outlier_dict() for r in self.residues if r.classification == "outlier"]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary."""
+        """JSON-ready summary; percentages are ``None`` when no residue could be scored."""
+        scored = self.n_residues > 0
         return {
-            "favored_pct": round(self.favored_pct, 3),
-            "allowed_pct": round(self.allowed_pct, 3),
-            "outlier_pct": round(self.outlier_pct, 3),
+            "favored_pct": round(self.favored_pct, 3) if scored else None,
+            "allowed_pct": round(self.allowed_pct, 3) if scored else None,
+            "outlier_pct": round(self.outlier_pct, 3) if scored else None,
             "n_residues": self.n_residues,
             "outliers": self.outliers,
         }

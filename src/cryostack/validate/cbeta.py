@@ -1,25 +1,12 @@
 """Cβ deviation (MolProbity's cbetadev; Lovell et al. 2003, Proteins 50:437).
 
-For every non-glycine residue with N, CA, C and CB, an ideal Cβ is built from the backbone
-twice — once from the N–C–CA–CB dihedral and C–CA–CB angle, once from the C–N–CA–CB dihedral
-and N–CA–CB angle — the two positions are averaged and the average is put back at the ideal
-CA–CB distance. The deviation is the distance between the modelled and this ideal Cβ; a
-deviation of 0.25 Å or more is an outlier (it usually flags a misfit side chain or backbone).
-
-Ideal geometry (distance Å, angles and dihedrals in degrees) depends on the residue:
-
-==================  ======  =========  =========  =========  =========
-residues            CA–CB   C–CA–CB    N–C–CA–CB  N–CA–CB    C–N–CA–CB
-==================  ======  =========  =========  =========  =========
-Ala                 1.536   110.1      122.9      110.6      -122.6
-Pro                 1.530   112.2      115.1      103.0      -120.7
-Val, Thr, Ile       1.540   109.1      123.4      111.5      -122.0
-all others          1.530   110.1      122.8      110.5      -122.6
-==================  ======  =========  =========  =========  =========
-
-D-amino acids (by name, or for non-standard residues by the handedness of CA) use the
-mirrored dihedrals. Alternate conformations: a residue is evaluated in its first conformer
-and again in every conformer whose N, CA, C or CB differ (reported with that altloc).
+For every non-glycine residue with N, CA, C and CB, the ideal Cβ is built from the backbone
+(:mod:`cryostack.chem.cbeta`, with the residue-dependent ideal geometry); the deviation is the
+distance between the modelled and the ideal Cβ, and 0.25 Å or more is an outlier (it usually
+flags a misfit side chain or backbone). D-amino acids (by name, or for non-standard residues by
+the handedness of CA) use the mirrored geometry. Alternate conformations: a residue is evaluated
+in its first conformer and again in every conformer whose N, CA, C or CB differ (reported with
+that altloc).
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """Ramachandran validation against the MolProbity Top8000 contours.
 
-Method (Lovell et al. 2003, Proteins 50:437; Williams et al. 2018, Protein Sci 27:293): every
-protein residue with a peptide-bonded neighbour on both sides gets backbone (phi, psi); the
-residue falls in one of six categories, each with its own reference distribution:
-
-========  =================================================================
-general   not Gly, Pro, Ile or Val, and not before a Pro
-gly       glycine (symmetrised distribution)
-cispro    proline with a cis-like peptide (-90° < omega < 90°)
-transpro  other prolines
-prepro    residue before a proline (not Gly or Pro)
-ileval    isoleucine or valine, not before a proline
-========  =================================================================
-
-The score at (phi, psi) is the percentile value of the category's table, bilinearly
-interpolated between 2° bin centres (odd degrees, wrapping at ±180°). Favoured: score ≥ 0.02;
-outlier: score < 0.0005 (general), < 0.002 (cis-Pro), < 0.001 (others); allowed in between.
+Every protein residue with a peptide-bonded neighbour on both sides gets backbone (phi, psi), its
+MolProbity category and its Top8000 score; the categories, tables and cut-offs are the reference
+in :mod:`cryostack.chem.ramachandran`.
 
 Conventions shared with MolProbity's ``ramalyze`` (results agree residue for residue):
 

@@ -13,7 +13,9 @@ particles_app = typer.Typer(
 
 
 def _register() -> None:
-    """Commands arrive with each particle tool."""
+    from cryostack.cli import particles_simulate
+
+    particles_app.command("simulate")(particles_simulate.simulate)
 
 
 _register()

@@ -13,9 +13,10 @@ particles_app = typer.Typer(
 
 
 def _register() -> None:
-    from cryostack.cli import particles_simulate
+    from cryostack.cli import particles_dataset, particles_simulate
 
     particles_app.command("simulate")(particles_simulate.simulate)
+    particles_app.command("dataset")(particles_dataset.dataset)
 
 
 _register()

@@ -191,7 +191,7 @@ def test_empty_and_nucleic_only():
     st[0].remove_chain("B")
     r = ramachandran(st)
     assert r.n_residues == 0 and r.residues == [] and r.outliers == []
-    assert r.to_dict()["favored_pct"] == 0.0
+    assert r.to_dict()["favored_pct"] is None  # nothing scored: "—", not 0 %
 
 
 def test_distorted_residues_are_outliers(tmp_path):

@@ -299,7 +299,7 @@ def test_incomplete_side_chains_and_non_protein_residues_are_skipped():
     model.add_chain(dna)
     empty.add_model(model)
     none = rotamers(empty)
-    assert none.n_residues == 0 and none.to_dict()["favored_pct"] == 0.0
+    assert none.n_residues == 0 and none.to_dict()["favored_pct"] is None  # nothing scored: "—", not 0 %
 
 
 def test_real_structures_have_plausible_statistics(shared_file):

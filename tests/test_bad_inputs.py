@@ -379,3 +379,88 @@ def test_corpus_from_a_folder_skips_unreadable_files(tmp_path, piece, capsys):
     )
     assert_clean(code, err)
     assert code == 2 and "broken.cif" in err and not (tmp_path / "strict").exists()
+
+
+# -- meaningless maps and models (class 5) ----------------------------------------------------------------
+def _map_variant(piece_map: Path, out: Path, how: str) -> Path:
+    from cryostack.io.maps import read_map, write_map
+
+    m = read_map(piece_map)
+    if how == "all_zero":
+        m = m.with_data(np.zeros_like(m.data), source=None)
+    elif how == "huge_voxels":
+        m = type(m)(data=m.data, voxel_size=(1e6, 1e6, 1e6), origin=m.origin)
+    write_map(m, out)
+    return out
+
+
+@pytest.mark.parametrize("how, words", [("all_zero", "constant"), ("huge_voxels", "voxel size")])
+def test_meaningless_maps_are_refused(how, words, piece, piece_map, tmp_path, capsys):
+    bad = _map_variant(piece_map, tmp_path / f"{how}.mrc", how)
+    for args in (
+        ("validate", "--model", piece, "--map", bad, "--resolution", "4"),
+        ("refine", "--model", piece, "--map", bad, "--resolution", "4", "--out", tmp_path / "r.cif"),
+    ):
+        code, err = run_cli(capsys, *args)
+        assert code == 2 and words in err, (args, err)
+        assert_clean(code, err, outputs=(tmp_path / "r.cif",))
+
+
+def test_simulating_a_model_far_outside_the_map_is_refused(piece, piece_map, tmp_path, capsys):
+    far = tmp_path / "far.pdb"
+    s = gemmi.read_structure(str(piece))
+    s[0].transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(500.0, 0.0, 0.0)))
+    s.write_pdb(str(far))
+    out = tmp_path / "sim.mrc"
+    code, err = run_cli(capsys, "simulate-map", "--model", far, "--like", piece_map, "--resolution", "4", "--out", out)
+    assert code == 2 and "inside the grid" in err and not out.exists()
+
+
+def test_recycles_are_counted_as_optimiser_recycles():
+    from cryostack.refine.api import RecycleRecord, RefineResult
+
+    history = [RecycleRecord(0, 1.0, {}, 0.1, "start"), RecycleRecord(1, 0.9, {}, 0.2)]
+    history += [RecycleRecord(2, 0.8, {}, 0.3, "rotamer_fit"), RecycleRecord(3, 0.7, {}, 0.3, "polish")]
+    assert RefineResult(coords=np.zeros((1, 3)), history=history).n_recycles == 1
+
+
+# -- every command: a missing input and an output that cannot be written ----------------------------------
+EVERY_COMMAND = {
+    "info": lambda d, out: ("info", d / "missing.mrc", "--json", out),
+    "validate": lambda d, out: ("validate", "--model", d / "missing.pdb", "--json", out),
+    "simulate-map": lambda d, out: ("simulate-map", "--model", d / "missing.pdb", "--resolution", "4",
+                                    "--voxel-size", "1", "--out", out),
+    "refine": lambda d, out: ("refine", "--model", d / "missing.pdb", "--map", d / "missing.mrc",
+                              "--resolution", "4", "--out", out),
+    "data corpus": lambda d, out: ("data", "corpus", "--source", d / "missing", "--out", out, "--no-progress"),
+    "data simulate": lambda d, out: ("data", "simulate", "--corpus", d / "missing", "--n", "2", "--out", out,
+                                     "--no-progress"),
+    "train denoiser": lambda d, out: ("train", "denoiser", "--corpus", d / "missing", "--out", out),
+    "particles simulate": lambda d, out: ("particles", "simulate", "--model", d / "missing.pdb", "--n", "4",
+                                          "--out", out),
+    "particles dataset": lambda d, out: ("particles", "dataset", "--kind", "ranking", "--corpus", d / "missing",
+                                         "--out", out),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(EVERY_COMMAND))
+def test_every_command_refuses_a_missing_input_in_one_line(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, *EVERY_COMMAND[command](tmp_path, out))
+    assert code == 2, (command, err)
+    assert_clean(code, err, outputs=(out,))
+    assert "missing" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate-map", "validate", "particles simulate"])
+def test_every_command_refuses_an_unwritable_output_before_the_work(command, piece, piece_map, capsys):
+    out = Path("/proc/cryostack_test/out")
+    args = {
+        "demo": ("demo", "--out", out),
+        "simulate-map": ("simulate-map", "--model", piece, "--like", piece_map, "--resolution", "4", "--out", out),
+        "validate": ("validate", "--model", piece, "--json", out),
+        "particles simulate": ("particles", "simulate", "--model", piece, "--n", "4", "--box", "32", "--out", out),
+    }[command]
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and "cannot" in err, (command, err)
+    assert_clean(code, err)

@@ -173,3 +173,32 @@ def test_attention_blocks_shapes_and_padding():
     torch.testing.assert_close(block(x2, pad)[1, :3], y[1, :3])
     cross = CrossAttentionBlock(32, 4, context_dim=16).eval()
     assert cross(x, torch.randn(2, 7, 16)).shape == x.shape
+
+
+def test_model_card_draft_carries_provenance(tmp_path):
+    from cryostack.learn.card import write_model_card
+    from cryostack.learn.provenance import provenance
+
+    splits = tmp_path / "splits.json"
+    splits.write_text("{}")
+    prov = provenance({"corpus_splits": splits})
+    card = write_model_card(
+        tmp_path / "card.md", name="test model", summary="A test.", provenance=prov, sections={"Held-out": {"rmsd": 1}}
+    ).read_text()
+    assert prov["git_commit"] in card and prov["data_sha256"]["corpus_splits"] in card
+    assert "## Held-out" in card and '"rmsd": 1' in card
+
+
+def test_train_denoiser_command_writes_checkpoint_report_and_card(tmp_path):
+    from cryostack.cli.main import main
+    from cryostack.refine.diffusion import load_denoiser
+
+    sample = Path(__file__).parent / "data" / "corpus_sample"
+    out = tmp_path / "run"
+    args = ["train", "denoiser", "--corpus", str(sample), "--out", str(out), "--steps", "2", "--val-chains", "1",
+            "--crop-atoms", "64", "--batch-chains", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+    main(args)
+    assert load_denoiser(out / "denoiser.pt").n_parameters() > 0
+    assert (out / "report.json").is_file() and "## Provenance" in (out / "model_card.md").read_text()
+    main(args)  # a rerun resumes: nothing left to train
+    assert load_checkpoint(out / "last.pt", weights_only=False)["step"] == 2

@@ -34,7 +34,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion would make the checkpoint unreadable with weights_only
         "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():

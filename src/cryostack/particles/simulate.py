@@ -45,7 +45,7 @@ import torch
 from cryostack.density.ctf import ctf_2d, ctf_2d_defocus_offsets
 from cryostack.density.projection import euler_to_matrix, extract_slices, images_from_rfft, images_to_rfft, phase_shift
 from cryostack.errors import InputError
-from cryostack.io.atomic import atomic_output
+from cryostack.io.atomic import atomic_output, check_writable
 from cryostack.particles import junk as junk_mod
 from cryostack.particles.junk import JUNK_TYPES, SPECIMEN_JUNK
 from cryostack.particles.poses import preferred_poses, preferred_view_directions, uniform_poses
@@ -758,6 +758,7 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
         raise InputError(out_dir, "exists and is not a folder")
     if (out_dir / "particles.star").exists() and not overwrite:
         raise InputError(out_dir, "already holds a particles.star; choose another output folder or overwrite it")
+    check_writable(out_dir / "particles.star")
 
 
 def _stale_stacks(out_dir: Path, keep: set[str]) -> list[Path]:

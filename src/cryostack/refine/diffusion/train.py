@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cryostack.io.atomic import atomic_output
+from cryostack.learn.card import write_model_card
 from cryostack.learn.loop import TrainConfig, TrainState, unwrap
 from cryostack.learn.loop import train as train_loop
 from cryostack.learn.provenance import provenance
@@ -327,4 +328,16 @@ def pretrain_from_corpus(
     }
     with atomic_output(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
+    write_model_card(
+        out / "model_card.md",
+        name=f"{MODEL_NAME} ({state.step} steps)",
+        summary="Draft card of a denoising-pretraining run of the refinement denoiser (train split only).",
+        provenance=prov,
+        sections={
+            "Data and split": {k: report[k] for k in ("corpus", "corpus_splits", "train_chains_used",
+                                                       "train_chains_full_atom", "val_chains_evaluated")},
+            "Training": {"steps": state.step, "wall_time_s": report["wall_time_s"], "config": pcfg.to_dict()},
+            "Held-out denoising RMSD (val split)": final_val,
+        },
+    )  # fmt: skip
     return report

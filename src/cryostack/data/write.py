@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from cryostack.data.corpus import Corpus
 from cryostack.data.datasets import ItemCache, SimulatedMapDataset
 from cryostack.data.synthetic import SimulatedItem, SimulationConfig, item_structure
 from cryostack.errors import InputError
@@ -70,6 +69,8 @@ def write_dataset(
     ``progress(done, total)`` is called after each item. Item ``i`` is seeded by ``(seed, i)``.
     """
     from torch.utils.data import DataLoader, Subset
+
+    from cryostack.data.corpus import Corpus  # looked up at call time (tests swap in a fake corpus)
 
     if n < 1:
         raise InputError(None, f"n must be at least 1, got {n}")

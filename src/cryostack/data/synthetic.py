@@ -35,6 +35,12 @@ _ATOM_ID = {n: i for i, n in enumerate(ATOM37)}
 
 Range = tuple[float, float]
 
+#: The per-atom and per-residue arrays of a :class:`SimulatedItem`, as stored by ``to_arrays``.
+_ARRAY_FIELDS = (
+    "atom_coords", "atom_element", "atom_name37", "atom_residue", "atom_density_weight", "atom_b_A2",
+    "residue_type", "residue_number", "residue_chain", "residue_source",
+)  # fmt: skip
+
 #: What each item records about how it was made (always all present, 0 when not applied, so
 #: items batch with the default collate). Flags are 0/1; ``mask`` is 0 none, 1 soft, 2 hard.
 PARAM_KEYS = (
@@ -165,18 +171,7 @@ class SimulatedItem:
             "rotation": self.rotation.astype(np.float32),
             "translation": self.translation.astype(np.float32),
         }
-        for name in (
-            "atom_coords",
-            "atom_element",
-            "atom_name37",
-            "atom_residue",
-            "atom_density_weight",
-            "atom_b_A2",
-            "residue_type",
-            "residue_number",
-            "residue_chain",
-            "residue_source",
-        ):
+        for name in _ARRAY_FIELDS:
             out[name] = getattr(self, name)
         for k, v in self.params.items():
             out[f"param_{k}"] = np.asarray(v, dtype=np.float32)
@@ -193,21 +188,7 @@ class SimulatedItem:
             rotation=np.asarray(d["rotation"], np.float64),
             translation=np.asarray(d["translation"], np.float64),
             params={k[6:]: float(d[k]) for k in d if k.startswith("param_")},
-            **{
-                k: np.asarray(d[k])
-                for k in (
-                    "atom_coords",
-                    "atom_element",
-                    "atom_name37",
-                    "atom_residue",
-                    "atom_density_weight",
-                    "atom_b_A2",
-                    "residue_type",
-                    "residue_number",
-                    "residue_chain",
-                    "residue_source",
-                )
-            },
+            **{k: np.asarray(d[k]) for k in _ARRAY_FIELDS},
         )
 
 

@@ -440,6 +440,12 @@ EVERY_COMMAND = {
                                           "--out", out),
     "particles dataset": lambda d, out: ("particles", "dataset", "--kind", "ranking", "--corpus", d / "missing",
                                          "--out", out),
+    "particles rank": lambda d, out: ("particles", "rank", "--particles", d / "missing.star", "--out",
+                                      d / "out.star"),
+    "particles embed": lambda d, out: ("particles", "embed", "--particles", d / "missing.star", "--out",
+                                       d / "out.npy"),
+    "train encoder": lambda d, out: ("train", "encoder", "--corpus", d / "missing", "--out", out, "--no-progress"),
+    "train ranker": lambda d, out: ("train", "ranker", "--corpus", d / "missing", "--out", out, "--no-progress"),
 }  # fmt: skip
 
 

@@ -79,7 +79,7 @@ TRUTH_COLUMNS = {
     "rlnCryostackDefocusOffset": "particle height term added to the micrograph defocus (Å)",
 }
 
-_TAG_GROUP, _TAG_POOL, _TAG_CALIBRATION, _TAG_LABELS, _TAG_VIEWS, _TAG_JUNK = 1, 2, 3, 4, 5, 6
+_TAG_GROUP, _TAG_POOL, _TAG_CALIBRATION, _TAG_LABELS, _TAG_VIEWS, _TAG_JUNK, _TAG_EXTRA_VIEWS = 1, 2, 3, 4, 5, 6, 7
 #: Uniform views and CTF draws that set the noise level (see the module docstring).
 _CALIBRATION_VIEWS, _CALIBRATION_CTFS = 24, 16
 #: Pixels above this fraction of a projection's maximum make up the particle's footprint.
@@ -301,6 +301,10 @@ class MicrographBatch:
     images: np.ndarray
     table: pd.DataFrame
     clean: np.ndarray | None = None
+    #: Extra views (``simulate_group(extra_views=k)``): the same specimens imaged again, each
+    #: view ``(B, box, box)`` with its own micrograph CTF (``view_ctfs``) and noise draw.
+    views: list[np.ndarray] = field(default_factory=list)
+    view_ctfs: list[dict] = field(default_factory=list)
 
 
 class ParticleSimulator:
@@ -453,8 +457,13 @@ class ParticleSimulator:
         return uniform_poses(rng, n)
 
     # -- one micrograph ---------------------------------------------------------------------------
-    def simulate_group(self, g: int, *, keep_clean: bool = False) -> MicrographBatch:
-        """Images and metadata of micrograph ``g`` (``keep_clean``: also the noise-free images)."""
+    def simulate_group(self, g: int, *, keep_clean: bool = False, extra_views: int = 0) -> MicrographBatch:
+        """Images and metadata of micrograph ``g`` (``keep_clean``: also the noise-free images).
+
+        ``extra_views`` > 0 images the same specimens (particles, junk, poses, shifts) that many
+        more times, each with a newly drawn micrograph CTF and noise: positive pairs for
+        contrastive pretraining. The main images and table do not depend on it.
+        """
         cfg = self.config
         i0, i1 = self.group_range(g)
         n = i1 - i0
@@ -545,6 +554,10 @@ class ParticleSimulator:
         images = np.empty((n, box, box), dtype=np.float32)
         clean_np = np.empty((n, box, box), dtype=np.float32) if keep_clean else None
         energy = np.zeros(n)
+        view_rngs = [_rng(self.seed, _TAG_EXTRA_VIEWS, g, v) for v in range(extra_views)]
+        view_ctfs = [self._draw_micrograph_ctf(r) for r in view_rngs]
+        view_gens = [torch.Generator(device="cpu").manual_seed(int(r.integers(2**62))) for r in view_rngs]
+        views = [np.empty((n, box, box), dtype=np.float32) for _ in range(extra_views)]
         for canvas_px, members in ((small_px, np.nonzero(~big)[0]), (big_px, np.nonzero(big)[0])):
             if len(members) == 0:
                 continue
@@ -563,6 +576,10 @@ class ParticleSimulator:
             images[members], energy[members] = out[0], out[1]
             if clean_np is not None:
                 clean_np[members] = out[2]
+            for v in range(extra_views):
+                views[v][members] = self._image(
+                    canvas, view_ctfs[v], dz[members], noise_var[members], view_gens[v], False
+                )[0]
 
         has_particle = n_comp > 0
         foot = np.array([self.footprint_px[int(s)] for s in src_idx])
@@ -606,7 +623,7 @@ class ParticleSimulator:
                 "rlnCryostackDefocusOffset": dz,
             }
         )
-        return MicrographBatch(images=images, table=table, clean=clean_np)
+        return MicrographBatch(images=images, table=table, clean=clean_np, views=views, view_ctfs=view_ctfs)
 
     def _image(
         self,

@@ -140,7 +140,7 @@ def main() -> None:
         goal = GOAL_GPU if device == "cuda" else GOAL_CPU
         result = {
             "benchmark": "particles_rank",
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(REPO),
             "machine": machine_info(),
             "device": device,

@@ -156,6 +156,14 @@ def test_vit_moco_and_ranker_shapes_and_loss():
         ViTConfig(image_px=64, patch_px=10).validate()
 
 
+def test_size_presets_from_tiny_to_vit_b():
+    from cryostack.particles.model import VIT_PRESETS
+
+    counts = {k: sum(p.numel() for p in ParticleViT(v).parameters()) for k, v in VIT_PRESETS.items()}
+    assert counts["tiny"] < 1e6 < 2e7 < counts["small"] < 2.5e7 < 8e7 < counts["base"] < 9e7  # ViT-B: ~85 M
+    assert VIT_PRESETS["base"].dim == 768 and VIT_PRESETS["base"].depth == 12 and VIT_PRESETS["base"].heads == 12
+
+
 def test_denoising_auxiliary_head_and_shared_augmentation():
     torch.manual_seed(0)
     moco = MoCo(MoCoConfig(vit=TINY_VIT, hidden=64, out_dim=16, denoise_weight=1.0))
@@ -418,3 +426,31 @@ def test_rank_and_embed_cli(tmp_path, tiny_ranker, shared_file):
     r = cli("particles", "rank", "--particles", src, "--out", str(tmp_path / "r2.star"), "--checkpoint", src)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "r2.star").exists()
+
+
+def test_relion_selects_on_the_score_through_a_known_label(tmp_path, tiny_ranker, shared_file):
+    """RELION keeps rlnCryostack* columns but cannot select on labels it does not know;
+    ``relion_label`` copies the score into one it does, and relion_star_handler selects on it."""
+    import shutil
+
+    src = shared_file("particles/aspire_sample_17ptcl/sample_particles_relion31.star")
+    out = tmp_path / "ranked.star"
+    r = rank_particles(src, out, checkpoint=tiny_ranker, progress=False, histogram=False,
+                       relion_label="rlnParticleFigureOfMerit")  # fmt: skip
+    table = starfile.read(out)["particles"]
+    assert np.allclose(table.rlnParticleFigureOfMerit, table.rlnCryostackScore)
+    with pytest.raises(InputError, match="STAR output"):
+        rank_particles(src, tmp_path / "x.cs", checkpoint=tiny_ranker, relion_label="rlnParticleFigureOfMerit")
+    with pytest.raises(InputError, match="already has"):
+        rank_particles(out, tmp_path / "y.star", checkpoint=tiny_ranker, relion_label="rlnParticleFigureOfMerit")
+    if shutil.which("relion_star_handler") is None:
+        pytest.skip("RELION not installed")
+    cut = float(np.median(r.scores))
+    run = subprocess.run(
+        ["relion_star_handler", "--i", out.name, "--o", "best.star", "--select", "rlnParticleFigureOfMerit",
+         "--minval", str(cut)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    best = starfile.read(tmp_path / "best.star")["particles"]
+    assert len(best) == int((r.scores >= cut).sum()) and "rlnCryostackRank" in best.columns

@@ -18,6 +18,12 @@ def rank(
         None, "--diameter", min=0.0, help="Particle diameter in Å: warns when the box does not hold it."
     ),
     no_histogram: bool = typer.Option(False, "--no-histogram", help="Do not write <out>.scores.png."),
+    relion_label: str | None = typer.Option(
+        None,
+        "--relion-label",
+        help="Also write the score into this numeric RELION label (e.g. rlnParticleFigureOfMerit), so "
+        "RELION can select on it; the input must not have it.",
+    ),
     threads: int | None = THREADS,
     device: str = DEVICE,
     no_progress: bool = typer.Option(False, "--no-progress"),
@@ -36,6 +42,7 @@ def rank(
         diameter_A=diameter,
         histogram=not no_histogram,
         progress=not no_progress,
+        relion_label=relion_label,
     )
     s = result.scores
     typer.echo(

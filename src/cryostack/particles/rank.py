@@ -238,9 +238,15 @@ def rank_particles(
     histogram: bool = True,
     progress: bool = True,
     checkpoint_every: int = 20_000,
+    relion_label: str | None = None,
 ) -> RankResult:
     """Score every particle of ``particles`` (STAR or .cs) and write them with score and rank to
-    ``out`` (``.star`` or ``.cs``; see the module docstring). ``checkpoint`` None = the packaged ranker."""
+    ``out`` (``.star`` or ``.cs``; see the module docstring). ``checkpoint`` None = the packaged ranker.
+
+    ``relion_label`` (STAR output): also write the score into this RELION label, which must be a
+    numeric one RELION knows and the input must not have (e.g. ``rlnParticleFigureOfMerit``).
+    RELION keeps but cannot select on labels it does not know, such as ``rlnCryostackScore``.
+    """
     import time
 
     src, dst = Path(particles), Path(out)
@@ -250,6 +256,17 @@ def rank_particles(
         raise InputError(None, f"--batch must be at least 1, got {batch}")
     pset = read_particles(src)
     _check_set(pset, src)
+    if relion_label is not None:
+        if kind != "star":
+            raise InputError(dst, "--relion-label applies to STAR output only")
+        if not relion_label.startswith("rln") or not relion_label[3:].isidentifier():
+            raise InputError(
+                None, f"--relion-label must be a RELION label such as rlnParticleFigureOfMerit, got {relion_label!r}"
+            )
+        if relion_label in pset.particles.columns:
+            raise InputError(
+                src, f"already has {relion_label}; choose another --relion-label (inputs are never overwritten)"
+            )
     ckpt = Path(checkpoint) if checkpoint is not None else _packaged("particle_ranker_v1")
     model = load_ranker(ckpt)
     spec = model.config.features
@@ -277,6 +294,8 @@ def rank_particles(
     ranks = ranks_from_scores(scores)
     pset.particles[SCORE_COLUMN] = scores.astype(np.float64)
     pset.particles[RANK_COLUMN] = ranks
+    if relion_label is not None:
+        pset.particles[relion_label] = scores.astype(np.float64)
     if kind == "star":
         write_star(pset, dst)
     else:

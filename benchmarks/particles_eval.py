@@ -313,6 +313,7 @@ def ranking(corpus_dir: Path, encoder_ckpt: Path, ranker_ckpt: Path, work: Path,
         table[method] = entry
     counts = {t: int((junk == t).sum()) for t in sorted(set(junk))}
     sim_scores = np.concatenate(scores["ranker"])
+    np.savez(work / "ranker_scores.npz", score=sim_scores, junk=junk)
     return {
         "sets": len(test_sets),
         "particles": int(len(junk)),
@@ -345,6 +346,29 @@ def real_particles(ranker_ckpt: Path, work: Path) -> dict:
     return out
 
 
+def figure(work: Path, real: dict, path: Path) -> None:
+    """Score histograms: simulated good, simulated junk (test split) and the real particles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = np.load(work / "ranker_scores.npz")
+    good = sim["junk"] == "good"
+    fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=110)
+    bins = np.linspace(0, 1, 41)
+    ax.hist(sim["score"][good], bins, density=True, alpha=0.55, label=f"simulated good ({good.sum():,})")
+    ax.hist(sim["score"][~good], bins, density=True, alpha=0.55, label=f"simulated junk ({(~good).sum():,})")
+    for name, entry in real.items():
+        ax.plot(entry["scores"], np.full(len(entry["scores"]), 0.2 + 0.3 * list(real).index(name)), "|",
+                markersize=14, label=f"real: {name}")  # fmt: skip
+    ax.set_xlabel("CryoRanker score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, required=True)
@@ -354,6 +378,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--out", type=Path, default=RESULTS / "particles_eval.json")
+    ap.add_argument("--figure", type=Path, default=None, help="also draw the score histograms (PNG)")
     args = ap.parse_args()
     from cryostack.learn.registry import packaged_checkpoint
 
@@ -381,6 +406,8 @@ def main() -> None:
         "real_particles": real_particles(rk, work),
     }
     result["wall_time_s"] = time.monotonic() - t0
+    if args.figure:
+        figure(work, result["real_particles"], args.figure)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=float))
     print(f"wrote {args.out} ({result['wall_time_s']:.0f} s)")

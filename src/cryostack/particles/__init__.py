@@ -1,4 +1,5 @@
-"""Particle tools: simulated particle datasets with ground truth (``cryostack particles simulate``).
+"""Particle tools: simulated particle datasets with ground truth (``cryostack particles simulate``),
+the particle encoder and CryoRanker scores (``particles embed``, ``particles rank``).
 
 Python::
 
@@ -10,10 +11,16 @@ Python::
                                    name="model")
     result = simulate_particles(config, [source], "sim_particles/", seed=0)
 
-Conventions, junk types and the SNR definition: ``docs/particles.md``.
+    from cryostack.particles import rank_particles
+    rank_particles("picked.star", "ranked.star")   # the shipped ranker; score and rank columns
+
+Conventions, junk types and the SNR definition: ``docs/particles.md``; the encoder and ranker:
+``docs/particles_rank.md``.
 """
 
+from cryostack.particles.featurize import FeatureSpec, featurize
 from cryostack.particles.junk import JUNK_TYPES
+from cryostack.particles.rank import embed_particles, rank_particles
 from cryostack.particles.simulate import (
     JUNK_QUALITY,
     TRUTH_COLUMNS,
@@ -33,6 +40,7 @@ from cryostack.particles.sources import (
 )
 
 __all__ = [
+    "FeatureSpec",
     "JUNK_QUALITY",
     "JUNK_TYPES",
     "TRUTH_COLUMNS",
@@ -43,6 +51,9 @@ __all__ = [
     "SimulationResult",
     "assign_labels",
     "corpus_sources",
+    "embed_particles",
+    "featurize",
+    "rank_particles",
     "simulate_particles",
     "source_from_atoms",
     "source_from_map",

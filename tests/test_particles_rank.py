@@ -229,6 +229,8 @@ def test_pretraining_resumes_exactly(tmp_path):
     assert full["step"] == resumed["step"] == 4
     torch.testing.assert_close(_weights(full["encoder"]), _weights(resumed["encoder"]), atol=1e-6, rtol=0)
     assert (tmp_path / "full" / "card.md").is_file()
+    prov = torch.load(full["encoder"], weights_only=False)["provenance"]
+    assert len(prov["data_sha256"]["corpus_splits"]) == 64  # the split the run drew from
     assert all(np.isfinite(h["loss"]) for h in full["history"])
 
 

@@ -34,6 +34,7 @@ from cryostack.particles.train import (
     RANKER_RANGES,
     PoolConfig,
     SimulationRanges,
+    corpus_files,
     describe,
     encoder_state_from,
     run_pretraining,
@@ -116,7 +117,7 @@ def pretrain_encoder(
         stop_at_step=stop_at_step,
     )
     moco = cast(MoCo, state.model)
-    prov = provenance()
+    prov = provenance(corpus_files(corpus))
     enc_path = save_encoder(
         out / "encoder.pt",
         moco.encoder,
@@ -208,7 +209,7 @@ def finetune_ranker(
         progress=progress,
         stop_at_step=stop_at_step,
     )
-    prov = provenance()
+    prov = provenance(corpus_files(corpus))
     path = save_ranker(
         out / "ranker.pt",
         state.model,  # type: ignore[arg-type]

@@ -324,7 +324,7 @@ def run_pretraining(
         progress=progress,
         stop_at_step=stop_at_step,
         model_config=model_cfg.to_dict(),
-        data_files=_corpus_files(corpus),
+        data_files=corpus_files(corpus),
     )
 
 
@@ -351,11 +351,11 @@ def run_ranker_training(
         progress=progress,
         stop_at_step=stop_at_step,
         model_config=model_cfg.to_dict(),
-        data_files=_corpus_files(corpus),
+        data_files=corpus_files(corpus),
     )
 
 
-def _corpus_files(corpus) -> dict[str, str | Path]:
+def corpus_files(corpus) -> dict[str, str | Path]:
     root = Path(getattr(corpus, "root", "") or "")
     splits = root / "splits" / "splits.json"
     return {"corpus_splits": splits} if splits.is_file() else {}

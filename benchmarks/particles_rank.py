@@ -8,7 +8,7 @@ and histogram). The featurisation and the network alone are timed too. CPU runs 
 (this machine's cores); a CUDA device is timed as well when one is present.
 
 Writes ``benchmarks/results/particles_rank_<device>.json`` (machine, date, commit).
-Run: ``.venv/bin/python benchmarks/particles_rank.py [--n 20000] [--ranker R]``.
+Run: ``.venv/bin/python benchmarks/particles_rank.py [--n 5000] [--ranker R]``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _sync(device: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--ranker", type=Path, default=None)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()

@@ -33,6 +33,7 @@ from cryostack.particles.model import (
     RankerConfig,
     ViTConfig,
     load_encoder,
+    load_ranker,
 )
 from cryostack.particles.rank import embed_particles, rank_particles, ranks_from_scores
 from cryostack.particles.train import PoolConfig, ranking_loss
@@ -370,6 +371,7 @@ def test_rank_refuses_bad_inputs(tmp_path, tiny_ranker, shared_file):
     assert not (tmp_path / "x.star").exists() and not (tmp_path / "y.star").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")
 def test_rank_refuses_nan_images(tmp_path, tiny_ranker):
     import mrcfile
 
@@ -456,3 +458,19 @@ def test_relion_selects_on_the_score_through_a_known_label(tmp_path, tiny_ranker
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     best = starfile.read(tmp_path / "best.star")["particles"]
     assert len(best) == int((r.scores >= cut).sum()) and "rlnCryostackRank" in best.columns
+
+
+def test_shipped_ranker_and_encoder_load_and_score_real_particles(tmp_path, shared_file):
+    """The packaged checkpoints pass their registry sha256, load without pickle, and run by default."""
+    from cryostack.learn.registry import packaged_checkpoint, registry
+
+    for name in ("particle_encoder_v1", "particle_ranker_v1"):
+        path = packaged_checkpoint(name)
+        torch.load(path, weights_only=True)
+        assert registry()[name].card.is_file()
+    assert load_ranker(packaged_checkpoint("particle_ranker_v1")).config.features == FeatureSpec(3.0, 64)
+    src = shared_file("particles/cryodrgn_relion31_5ptcl/relion31.star")
+    r = rank_particles(src, tmp_path / "r.star", progress=False, histogram=False)
+    assert len(r.scores) == 5 and np.all((r.scores >= 0) & (r.scores <= 1))
+    feats, _, _ = embed_particles(src, tmp_path / "f.npy", progress=False)
+    assert np.load(feats).shape == (5, 128)

@@ -44,7 +44,7 @@ from scipy.stats import rankdata, spearmanr
 from cryostack.data.corpus import Corpus
 from cryostack.learn.provenance import git_commit, machine_info
 from cryostack.particles.featurize import featurize
-from cryostack.particles.model import ParticleViT, load_encoder, load_ranker
+from cryostack.particles.model import PACKAGED_ENCODER, PACKAGED_RANKER, ParticleViT, load_encoder, load_ranker
 from cryostack.particles.simulate import ParticleSimulator, SimulationConfig
 from cryostack.particles.sources import corpus_sources
 from cryostack.particles.train import table_ctf
@@ -385,8 +385,8 @@ def main() -> None:
     from cryostack.learn.registry import packaged_checkpoint
 
     torch.set_num_threads(2)
-    enc = args.encoder or packaged_checkpoint("particle_encoder_v1")
-    rk = args.ranker or packaged_checkpoint("particle_ranker_v1")
+    enc = args.encoder or packaged_checkpoint(PACKAGED_ENCODER)
+    rk = args.ranker or packaged_checkpoint(PACKAGED_RANKER)
     corpus = Corpus(args.corpus)
     methods = feature_methods(enc, rk)
     t0 = time.monotonic()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cryostack.learn.provenance import git_commit, machine_info
+from cryostack.particles.model import PACKAGED_RANKER
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -114,7 +115,7 @@ def main() -> None:
     from cryostack.particles.rank import rank_particles
 
     torch.set_num_threads(2)
-    ckpt = args.ranker or packaged_checkpoint("particle_ranker_v1")
+    ckpt = args.ranker or packaged_checkpoint(PACKAGED_RANKER)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         rows = []

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from cryostack.learn.provenance import sha256_file
+from cryostack.particles.model import PACKAGED_ENCODER, PACKAGED_RANKER
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cryostack" / "weights"
 ENTRIES = {
-    "particle_encoder_v1": ("particles.model.ParticleViT", "cryostack particles embed; cryostack train ranker"),
-    "particle_ranker_v1": ("particles.model.Ranker", "cryostack particles rank"),
+    PACKAGED_ENCODER: ("particles.model.ParticleViT", "cryostack particles embed; cryostack train ranker"),
+    PACKAGED_RANKER: ("particles.model.Ranker", "cryostack particles rank"),
 }
 
 
@@ -54,8 +55,8 @@ def main() -> None:
     registry_file = WEIGHTS / "registry.json"
     registry = json.loads(registry_file.read_text())
     new = [
-        package(args.encoder, "particle_encoder_v1", args.corpus),
-        package(args.ranker, "particle_ranker_v1", args.corpus),
+        package(args.encoder, PACKAGED_ENCODER, args.corpus),
+        package(args.ranker, PACKAGED_RANKER, args.corpus),
     ]
     names = {e["name"] for e in new}
     registry["models"] = [m for m in registry["models"] if m["name"] not in names] + new

@@ -20,6 +20,8 @@ from cryostack.learn.loop import TrainConfig
 from cryostack.learn.provenance import provenance
 from cryostack.particles.model import (
     ENCODER_NAME,
+    PACKAGED_ENCODER,
+    PACKAGED_RANKER,
     RANKER_NAME,
     VIT_PRESETS,
     MoCo,
@@ -33,17 +35,14 @@ from cryostack.particles.model import (
 from cryostack.particles.train import (
     RANKER_RANGES,
     PoolConfig,
+    PretrainTask,
+    RankerTask,
     SimulationRanges,
     corpus_files,
     describe,
     encoder_state_from,
-    run_pretraining,
-    run_ranker_training,
+    run_training,
 )
-
-#: Names of the packaged checkpoints (``cryostack/weights/registry.json``).
-PACKAGED_ENCODER = "particle_encoder_v1"
-PACKAGED_RANKER = "particle_ranker_v1"
 
 
 def _open_corpus(corpus):
@@ -60,6 +59,22 @@ def _pool(batch: int, micrographs: int = 2) -> PoolConfig:
     if batch < 2 * micrographs:
         raise InputError(None, f"--batch must be at least {2 * micrographs}, got {batch}")
     return PoolConfig(particles_per_micrograph=batch // micrographs, micrographs_per_step=micrographs)
+
+
+def _train_config(steps: int, lr: float, seed: int, max_minutes: float | None, max_warmup: int) -> TrainConfig:
+    """AdamW with weight decay 0.05, warm-up (a tenth of the run, at most ``max_warmup`` steps),
+    cosine to 5 %, checkpoints every 100 steps: both particle trainings."""
+    return TrainConfig(
+        steps=steps,
+        lr=lr,
+        weight_decay=0.05,
+        warmup_steps=min(max_warmup, max(1, steps // 10)),
+        final_lr_fraction=0.05,
+        seed=seed,
+        checkpoint_every=100,
+        history_every=10,
+        max_hours=max_minutes / 60 if max_minutes is not None else None,
+    )
 
 
 def pretrain_encoder(
@@ -93,29 +108,10 @@ def pretrain_encoder(
         hidden=256 if vit is not None else MoCoConfig.hidden,
         denoise_weight=denoise_weight,
     )
-    cfg = TrainConfig(
-        steps=steps,
-        lr=lr,
-        weight_decay=0.05,
-        warmup_steps=min(200, max(1, steps // 10)),
-        final_lr_fraction=0.05,
-        seed=seed,
-        checkpoint_every=100,
-        history_every=10,
-        max_hours=max_minutes / 60 if max_minutes is not None else None,
-    )
+    cfg = _train_config(steps, lr, seed, max_minutes, max_warmup=200)
     t0 = time.monotonic()
-    state = run_pretraining(
-        _open_corpus(corpus),
-        out,
-        cfg,
-        model_cfg=model_cfg,
-        pool=pool,
-        ranges=ranges,
-        device=device,
-        progress=progress,
-        stop_at_step=stop_at_step,
-    )
+    task = PretrainTask(corpus, model_cfg, ranges, pool, total_steps=steps, seed=seed)
+    state = run_training(task, out, cfg, device=device, progress=progress, stop_at_step=stop_at_step)
     moco = cast(MoCo, state.model)
     prov = provenance(corpus_files(corpus))
     enc_path = save_encoder(
@@ -185,30 +181,10 @@ def finetune_ranker(
     corpus = _open_corpus(corpus)
     pool = pool or _pool(batch)
     state_dict, model_cfg = _encoder_state(encoder, VIT_PRESETS["tiny"])
-    cfg = TrainConfig(
-        steps=steps,
-        lr=lr,
-        weight_decay=0.05,
-        warmup_steps=min(100, max(1, steps // 10)),
-        final_lr_fraction=0.05,
-        seed=seed,
-        checkpoint_every=100,
-        history_every=10,
-        max_hours=max_minutes / 60 if max_minutes is not None else None,
-    )
+    cfg = _train_config(steps, lr, seed, max_minutes, max_warmup=100)
     t0 = time.monotonic()
-    state = run_ranker_training(
-        _open_corpus(corpus),
-        out,
-        cfg,
-        encoder_state=state_dict,
-        model_cfg=model_cfg,
-        pool=pool,
-        ranges=ranges,
-        device=device,
-        progress=progress,
-        stop_at_step=stop_at_step,
-    )
+    task = RankerTask(corpus, model_cfg, ranges, pool, encoder_state=state_dict, seed=seed)
+    state = run_training(task, out, cfg, device=device, progress=progress, stop_at_step=stop_at_step)
     prov = provenance(corpus_files(corpus))
     path = save_ranker(
         out / "ranker.pt",

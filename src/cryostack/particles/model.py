@@ -28,6 +28,9 @@ from cryostack.particles.featurize import FeatureSpec
 
 ENCODER_NAME = "particle-vit"
 RANKER_NAME = "particle-ranker"
+#: Names of the packaged checkpoints (``cryostack/weights/registry.json``).
+PACKAGED_ENCODER = "particle_encoder_v1"
+PACKAGED_RANKER = "particle_ranker_v1"
 
 
 @dataclass(frozen=True)

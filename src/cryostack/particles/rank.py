@@ -33,7 +33,14 @@ from cryostack.io.atomic import atomic_output, check_writable
 from cryostack.io.particles import ParticleSet, read_particles, write_star
 from cryostack.learn.provenance import sha256_file
 from cryostack.particles.featurize import FeatureSpec, ctf_params_from_set, featurize
-from cryostack.particles.model import ParticleViT, Ranker, load_encoder, load_ranker
+from cryostack.particles.model import (
+    PACKAGED_ENCODER,
+    PACKAGED_RANKER,
+    ParticleViT,
+    Ranker,
+    load_encoder,
+    load_ranker,
+)
 
 #: Columns (STAR) and fields (.cs) that ``rank`` adds.
 SCORE_COLUMN, RANK_COLUMN = "rlnCryostackScore", "rlnCryostackRank"
@@ -124,29 +131,33 @@ def _save_partial(partial: Path, key: str, done: int, **arrays: np.ndarray) -> N
 
 def _encode(
     pset: ParticleSet,
-    path: Path,
+    src: Path,
+    dst: Path,
+    checkpoint: Path,
     model: torch.nn.Module,
     spec: FeatureSpec,
     *,
     batch: int,
     device: str,
-    scores: bool,
-    partial: Path | None,
-    key: str,
     checkpoint_every: int,
     progress: bool,
-    label: str,
-) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Features ``(n, dim)`` and scores ``(n,)`` (or None) of every particle, resuming ``partial``."""
+) -> tuple[np.ndarray, np.ndarray | None, int, Path]:
+    """Features ``(n, dim)``, scores ``(n,)`` (a :class:`Ranker`; None for an encoder), the
+    number of particles taken from ``<dst>.partial.npz`` and that file's path (kept every
+    ``checkpoint_every`` particles, keyed to input, checkpoint, batch and task)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    scores = isinstance(model, Ranker)
+    label = "rank" if scores else "embed"
+    partial = dst.with_name(dst.name + ".partial.npz")
+    key = _run_key(src, checkpoint, batch, label)
     n = len(pset)
     encoder = model.encoder if isinstance(model, Ranker) else model
     dim = cast(ParticleViT, encoder).dim
     feats = np.zeros((n, dim), dtype=np.float32)
     score = np.zeros(n, dtype=np.float32)
     start = 0
-    if partial is not None and (saved := _load_partial(partial, key)) is not None:
+    if (saved := _load_partial(partial, key)) is not None:
         start = int(saved["done"])
         feats[:start] = saved["features"]
         score[:start] = saved["scores"]
@@ -163,7 +174,7 @@ def _encode(
             images = pset.images(rows)
             bad = ~np.isfinite(images).reshape(len(rows), -1).all(axis=1)
             if bad.any():
-                raise InputError(path, f"particle {int(rows[np.argmax(bad)]) + 1} has NaN or infinite pixels")
+                raise InputError(src, f"particle {int(rows[np.argmax(bad)]) + 1} has NaN or infinite pixels")
             images *= sign[rows, None, None]
             pxs = px[rows]
             x_parts = []
@@ -188,11 +199,11 @@ def _encode(
                 f = model(x)
             feats[rows] = f.float().cpu().numpy()
             done = int(rows[-1]) + 1
-            if partial is not None and done - last_saved >= checkpoint_every and done < n:
+            if done - last_saved >= checkpoint_every and done < n:
                 _save_partial(partial, key, done, features=feats, scores=score)
                 last_saved = done
             bar.update(task, completed=done)
-    return feats, (score if scores else None), start
+    return feats, (score if scores else None), start, partial
 
 
 def _histogram(path: Path, scores: np.ndarray, title: str) -> Path:
@@ -267,27 +278,24 @@ def rank_particles(
             raise InputError(
                 src, f"already has {relion_label}; choose another --relion-label (inputs are never overwritten)"
             )
-    ckpt = Path(checkpoint) if checkpoint is not None else _packaged("particle_ranker_v1")
+    ckpt = Path(checkpoint) if checkpoint is not None else _packaged(PACKAGED_RANKER)
     model = load_ranker(ckpt)
     spec = model.config.features
     if dst.resolve() in {p.resolve() for p in pset.sources}:
         raise InputError(dst, "the output would overwrite the input")
     check_box(pset, spec, diameter_A, src)
-    partial = dst.with_name(dst.name + ".partial.npz")
     t0 = time.monotonic()
-    _, scores, start = _encode(
+    _, scores, start, partial = _encode(
         pset,
         src,
+        dst,
+        ckpt,
         model,
         spec,
         batch=batch,
         device=device,
-        scores=True,
-        partial=partial,
-        key=_run_key(src, ckpt, batch, "rank"),
         checkpoint_every=checkpoint_every,
         progress=progress,
-        label="rank",
     )
     seconds = time.monotonic() - t0
     assert scores is not None
@@ -332,22 +340,19 @@ def embed_particles(
     check_writable(dst)
     pset = read_particles(src)
     _check_set(pset, src)
-    ckpt = Path(checkpoint) if checkpoint is not None else _packaged("particle_encoder_v1")
+    ckpt = Path(checkpoint) if checkpoint is not None else _packaged(PACKAGED_ENCODER)
     encoder, spec = load_encoder(ckpt)
-    partial = dst.with_name(dst.name + ".partial.npz")
-    feats, _, _ = _encode(
+    feats, _, _, partial = _encode(
         pset,
         src,
+        dst,
+        ckpt,
         encoder,
         spec,
         batch=batch,
         device=device,
-        scores=False,
-        partial=partial,
-        key=_run_key(src, ckpt, batch, "embed"),
         checkpoint_every=checkpoint_every,
         progress=progress,
-        label="embed",
     )
     index = dst.with_suffix(".csv")
     import pandas as pd

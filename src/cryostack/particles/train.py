@@ -304,20 +304,17 @@ def encoder_state_from(moco_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {k[len("encoder.") :]: v for k, v in moco_state.items() if k.startswith("encoder.")}
 
 
-def run_pretraining(
-    corpus,
+def run_training(
+    task: PretrainTask | RankerTask,
     out_dir: str | Path,
     cfg: TrainConfig,
     *,
-    model_cfg: MoCoConfig = MoCoConfig(),
-    pool: PoolConfig = PoolConfig(),
-    ranges: SimulationRanges = SimulationRanges(),
     device: str = "cpu",
     progress: bool = True,
     stop_at_step: int | None = None,
 ) -> TrainState:
-    """Pretrain (or resume, from ``out_dir/last.pt``) the encoder by MoCo v3."""
-    task = PretrainTask(corpus, model_cfg, ranges, pool, total_steps=cfg.steps, seed=cfg.seed)
+    """Train (or resume, from ``out_dir/last.pt``) either particle task on the shared loop,
+    recording the task's model config and the corpus split it draws from."""
     return train_loop(
         task,
         cfg,
@@ -325,35 +322,8 @@ def run_pretraining(
         device=device,
         progress=progress,
         stop_at_step=stop_at_step,
-        model_config=model_cfg.to_dict(),
-        data_files=corpus_files(corpus),
-    )
-
-
-def run_ranker_training(
-    corpus,
-    out_dir: str | Path,
-    cfg: TrainConfig,
-    *,
-    encoder_state: dict[str, torch.Tensor] | None,
-    model_cfg: RankerConfig = RankerConfig(),
-    pool: PoolConfig = PoolConfig(),
-    ranges: SimulationRanges = RANKER_RANGES,
-    device: str = "cpu",
-    progress: bool = True,
-    stop_at_step: int | None = None,
-) -> TrainState:
-    """Fine-tune CryoRanker (whole network) from ``encoder_state`` (None: from scratch)."""
-    task = RankerTask(corpus, model_cfg, ranges, pool, encoder_state=encoder_state, seed=cfg.seed)
-    return train_loop(
-        task,
-        cfg,
-        out_dir=out_dir,
-        device=device,
-        progress=progress,
-        stop_at_step=stop_at_step,
-        model_config=model_cfg.to_dict(),
-        data_files=corpus_files(corpus),
+        model_config=task.model_cfg.to_dict(),
+        data_files=corpus_files(task.corpus),
     )
 
 

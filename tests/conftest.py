@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,24 @@ def simulated_map():
         return DensityMap(data=data.astype(np.float32), voxel_size=grid.voxel_size, origin=grid.origin)
 
     return make
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """``torchrun(code)`` runs ``code`` (dedented; ``tests/`` importable) in two one-thread Gloo
+    processes under ``torch.distributed.run`` and asserts they exit 0."""
+
+    def run(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        script = tmp_path / "torchrun_script.py"
+        script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(code))
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=timeout,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    return run

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -112,39 +108,27 @@ def test_registry_checks_the_packaged_checkpoint_hash(monkeypatch, tmp_path):
         packaged_checkpoint("swapped")
 
 
-def test_ddp_under_torchrun_matches_and_syncs_ranks(tmp_path):
+def test_ddp_under_torchrun_matches_and_syncs_ranks(tmp_path, torchrun):
     """Two Gloo ranks on the CPU: training runs, ranks end with identical weights, rank 0 writes."""
-    script = tmp_path / "ddp_run.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys, torch
-            sys.path.insert(0, {str(Path(__file__).parent)!r})
-            from test_learn import LineTask
-            from cryostack.learn.loop import TrainConfig, train
-            torch.set_num_threads(1)
-            state = train(LineTask(), TrainConfig(steps=20, lr=0.05, warmup_steps=2, checkpoint_every=10),
-                          out_dir={str(tmp_path / "run")!r}, progress=False)
-            import torch.distributed as dist
-            w = torch.cat([p.detach().flatten() for p in state.model.parameters()])
-            gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, w)
-            assert torch.equal(gathered[0], gathered[1]), gathered
-            # one file per rank: the ranks' stdout interleaves character by character
-            open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(state.step))
-            dist.destroy_process_group()
-            """
-        )
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
+    torchrun(
+        f"""
+        import torch
+        from test_learn import LineTask
+        from cryostack.learn.loop import TrainConfig, train
+        torch.set_num_threads(1)
+        state = train(LineTask(), TrainConfig(steps=20, lr=0.05, warmup_steps=2, checkpoint_every=10),
+                      out_dir={str(tmp_path / "run")!r}, progress=False)
+        import torch.distributed as dist
+        w = torch.cat([p.detach().flatten() for p in state.model.parameters()])
+        gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, w)
+        assert torch.equal(gathered[0], gathered[1]), gathered
+        # one file per rank: the ranks' stdout interleaves character by character
+        open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(state.step))
+        dist.destroy_process_group()
+        """,
         timeout=240,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     assert [(tmp_path / f"rank{r}.ok").read_text() for r in (0, 1)] == ["20", "20"]
     assert (tmp_path / "run" / "last.pt").is_file()
 

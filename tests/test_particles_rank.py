@@ -3,10 +3,8 @@ resumes and runs under torchrun, and ``particles rank`` / ``embed`` on the real 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -235,33 +233,20 @@ def test_pretraining_resumes_exactly(tmp_path):
     assert all(np.isfinite(h["loss"]) for h in full["history"])
 
 
-def test_pretraining_under_torchrun_two_gloo_ranks(tmp_path):
-    script = tmp_path / "ddp_pretrain.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys, torch
-            sys.path.insert(0, {str(Path(__file__).parent)!r})
-            import torch.distributed as dist
-            from test_particles_rank import CORPUS, TINY_POOL, TINY_VIT
-            from cryostack.particles.api import pretrain_encoder
-            torch.set_num_threads(1)
-            r = pretrain_encoder(CORPUS, {str(tmp_path / "run")!r}, steps=3, batch=8, seed=1, progress=False,
-                                 pool=TINY_POOL, vit=TINY_VIT)
-            open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(r["step"]))
-            dist.destroy_process_group()
-            """
-        )
+def test_pretraining_under_torchrun_two_gloo_ranks(tmp_path, torchrun):
+    torchrun(
+        f"""
+        import torch
+        import torch.distributed as dist
+        from test_particles_rank import CORPUS, TINY_POOL, TINY_VIT
+        from cryostack.particles.api import pretrain_encoder
+        torch.set_num_threads(1)
+        r = pretrain_encoder(CORPUS, {str(tmp_path / "run")!r}, steps=3, batch=8, seed=1, progress=False,
+                             pool=TINY_POOL, vit=TINY_VIT)
+        open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(r["step"]))
+        dist.destroy_process_group()
+        """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
     assert [(tmp_path / f"rank{r}.ok").read_text() for r in (0, 1)] == ["3", "3"]
     assert (tmp_path / "run" / "encoder.pt").is_file()
 

@@ -109,7 +109,8 @@ def test_registry_checks_the_packaged_checkpoint_hash(monkeypatch, tmp_path):
 
 
 def test_ddp_under_torchrun_matches_and_syncs_ranks(tmp_path, torchrun):
-    """Two Gloo ranks on the CPU: training runs, ranks end with identical weights, rank 0 writes."""
+    """Two Gloo ranks on the CPU: training runs, ranks end with identical weights, rank 0 writes,
+    and the process group ends with ``destroy_process_group`` (no Gloo thread left to abort at exit)."""
     torchrun(
         f"""
         import torch
@@ -124,8 +125,14 @@ def test_ddp_under_torchrun_matches_and_syncs_ranks(tmp_path, torchrun):
         dist.all_gather(gathered, w)
         assert torch.equal(gathered[0], gathered[1]), gathered
         # one file per rank: the ranks' stdout interleaves character by character
-        open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(state.step))
+        rank = dist.get_rank()
         dist.destroy_process_group()
+        # the group must be gone with its Gloo threads: left alive, they abort the process at exit
+        import gc, os
+        gc.collect()
+        threads = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        assert not [t for t in threads if "gloo" in t], threads
+        open({str(tmp_path)!r} + f"/rank{{rank}}.ok", "w").write(str(state.step))
         """,
         timeout=240,
     )

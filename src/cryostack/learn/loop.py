@@ -112,8 +112,24 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # torch 2.13: importing torch._dynamo (the optimisers and DDP do, lazily) after the group
+        # exists keeps the group alive past destroy_process_group; its Gloo threads then abort the
+        # process at interpreter exit (SIGABRT) about one run in four, after training finished.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (a rank-local stop condition, agreed)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _save(path: Path, task: TrainTask, state: TrainState, cfg: TrainConfig, data_files: dict[str, Any]) -> None:
@@ -194,7 +210,9 @@ def train(
     with Progress(*cols, disable=not progress or rank != 0) as bar:
         bar_task = bar.add_task(task.model_name, total=cfg.steps, completed=state.step, info="")
         while state.step < cfg.steps:
-            if time.monotonic() - t_start > budget_s or (stop_at_step is not None and state.step >= stop_at_step):
+            # the wall clock differs between ranks: a rank that left alone would hang the others
+            out_of_time = _any_rank(time.monotonic() - t_start > budget_s, world, dev)
+            if out_of_time or (stop_at_step is not None and state.step >= stop_at_step):
                 break
             rng, gen = step_generators(cfg.seed, state.step, rank)
             batch = task.sample(rng, state.step)

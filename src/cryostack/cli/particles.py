@@ -13,12 +13,13 @@ particles_app = typer.Typer(
 
 
 def _register() -> None:
-    from cryostack.cli import particles_dataset, particles_embed, particles_rank, particles_simulate
+    from cryostack.cli import particles_dataset, particles_embed, particles_rank, particles_simulate, particles_wizard
 
     particles_app.command("simulate")(particles_simulate.simulate)
     particles_app.command("dataset")(particles_dataset.dataset)
     particles_app.command("rank")(particles_rank.rank)
     particles_app.command("embed")(particles_embed.embed)
+    particles_app.command("wizard")(particles_wizard.wizard)
 
 
 _register()

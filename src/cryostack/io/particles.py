@@ -46,7 +46,7 @@ from cryostack.io.cs import (
 )
 from cryostack.io.star import StarBlock, read_star_blocks, write_star_blocks
 
-ImagePaths = Literal["rebase", "keep"]
+ImagePaths = Literal["rebase", "keep", "absolute"]
 Index = int | slice | np.ndarray | list[int] | None
 
 #: RELION columns that give an image pixel size (Å), besides ``rlnDetectorPixelSize × 10⁴ / rlnMagnification``.
@@ -593,10 +593,11 @@ def _protected(pset: ParticleSet, protect: tuple[str | Path, ...]) -> tuple[Path
 
 
 def _rebased_image_names(pset: ParticleSet, out_dir: Path, mode: ImagePaths) -> np.ndarray | None:
-    """``rlnImageName`` with relative stack paths rewritten to resolve from ``out_dir``;
-    ``None`` when nothing changes. Stacks that cannot be found keep their path."""
-    if mode not in ("rebase", "keep"):
-        raise ValueError(f"image_paths must be 'rebase' or 'keep', got {mode!r}")
+    """``rlnImageName`` with relative stack paths rewritten to resolve from ``out_dir`` (``"rebase"``)
+    or made absolute (``"absolute"``: for programs such as RELION that resolve them from their working
+    folder); ``None`` when nothing changes. Stacks that cannot be found keep their path."""
+    if mode not in ("rebase", "keep", "absolute"):
+        raise ValueError(f"image_paths must be 'rebase', 'keep' or 'absolute', got {mode!r}")
     if mode == "keep" or "rlnImageName" not in pset.particles.columns or len(pset) == 0:
         return None
     names = pd.Series(pset.particles["rlnImageName"].to_numpy(), dtype=object)
@@ -606,12 +607,12 @@ def _rebased_image_names(pset: ParticleSet, out_dir: Path, mode: ImagePaths) -> 
     out_dir = out_dir.absolute()
     mapping: dict[str, str] = {}
     for name in files.unique():
-        if Path(name).is_absolute():
+        if Path(name).is_absolute() and mode != "absolute":
             continue
         found = pset._find(name)
         if found is None:
             continue
-        new = os.path.relpath(found, out_dir)
+        new = str(found.absolute()) if mode == "absolute" else os.path.relpath(found, out_dir)
         if new != name:
             mapping[name] = new
     if not mapping:

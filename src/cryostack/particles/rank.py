@@ -250,6 +250,7 @@ def rank_particles(
     progress: bool = True,
     checkpoint_every: int = 20_000,
     relion_label: str | None = None,
+    features_out: str | Path | None = None,
 ) -> RankResult:
     """Score every particle of ``particles`` (STAR or .cs) and write them with score and rank to
     ``out`` (``.star`` or ``.cs``; see the module docstring). ``checkpoint`` None = the packaged ranker.
@@ -257,6 +258,8 @@ def rank_particles(
     ``relion_label`` (STAR output): also write the score into this RELION label, which must be a
     numeric one RELION knows and the input must not have (e.g. ``rlnParticleFigureOfMerit``).
     RELION keeps but cannot select on labels it does not know, such as ``rlnCryostackScore``.
+    ``features_out`` (``.npy``): also keep the ranker encoder's features ``(n, dim)`` of every
+    particle, in input order (the same pass: no second encoding).
     """
     import time
 
@@ -285,7 +288,7 @@ def rank_particles(
         raise InputError(dst, "the output would overwrite the input")
     check_box(pset, spec, diameter_A, src)
     t0 = time.monotonic()
-    _, scores, start, partial = _encode(
+    feats, scores, start, partial = _encode(
         pset,
         src,
         dst,
@@ -314,6 +317,10 @@ def rank_particles(
             ds[name][...] = values.astype(dtype)
         with atomic_output(dst, protect=pset.sources) as tmp:
             ds.save(tmp)
+    if features_out is not None:
+        with atomic_output(Path(features_out)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, feats)
     hist = None
     if histogram:
         hist = _histogram(dst.with_name(dst.name + ".scores.png"), scores, f"{src.name}: {len(scores):,} particles")

@@ -200,3 +200,27 @@ def test_wizard_end_to_end_with_relion_then_resume(tiny_set, tmp_path):
     write_star(pset.subset(np.arange(100)), other)
     with pytest.raises(InputError, match="another input"):
         run_wizard(other, out, cfg, resume=True, progress=False)
+
+
+def test_cli_refuses_bad_input_with_one_line_and_exit_2(tiny_set, tmp_path):
+    cmd = [sys.executable, "-m", "cryostack.cli.main", "particles", "wizard", "--particles", str(tiny_set)]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "w"), "--symmetry", "Q5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "point group" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "w"), "--engine", "cryosparc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "not available" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_rank_stage_reads_cs_input_and_keeps_features(tiny_set, tmp_path):
+    from cryostack.io.particles import read_particles, write_cs
+    from cryostack.particles.wizard import Wizard
+
+    cs = write_cs(read_star(tiny_set), tmp_path / "in" / "particles.cs")
+    pset = read_particles(cs)
+    wiz = Wizard(cs, tmp_path / "out", WizardConfig(), False, pset, 90.0)
+    scores, feats = wiz.rank(pset)
+    assert scores.shape == (160,) and feats.shape[0] == 160 and np.isfinite(feats).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert (tmp_path / "out" / "rank" / "ranked.star").is_file()
+    again, _ = wiz.rank(pset)  # a resumed run reads the ranking back instead of ranking again
+    assert np.allclose(again, scores, atol=1e-6)

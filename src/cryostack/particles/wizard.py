@@ -347,12 +347,10 @@ class Wizard:
         folder = self.out / "rank"
         ranked, feats_path = folder / "ranked.star", folder / "features.npy"
         if not (ranked.is_file() and feats_path.is_file()):
+            # a STAR record for STAR and .cs input alike: the scores are read back from it on resume
             rank_particles(
-                self.src, ranked if self.src.suffix.lower() == ".star" else folder / "ranked.cs",
-                checkpoint=self.cfg.ranker, progress=self.progress, features_out=feats_path,
-            )  # fmt: skip
-            if self.src.suffix.lower() != ".star":
-                write_star(read_particles(folder / "ranked.cs"), ranked)
+                self.src, ranked, checkpoint=self.cfg.ranker, progress=self.progress, features_out=feats_path
+            )
         scored = read_particles(ranked)
         return scored.column("rlnCryostackScore").astype(np.float64), np.load(feats_path)
 

@@ -274,6 +274,8 @@ class Wizard:
 
         t = time.monotonic()
         sizes = cfg.initial_sizes or initial_sizes(len(pset), cfg.min_subset)
+        if max(sizes) > len(pset):
+            self.log(f"stage-2 sizes {', '.join(map(str, sizes))} exceed the {len(pset):,} particles; capped")
         sizes = tuple(sorted({min(len(pset), s) for s in sizes}))
         stage2 = [
             self.reconstruct("initial", f"top{n}", pset.subset(order[:n]), reference=None, box_px=self.search_box, sampling=cfg.search)

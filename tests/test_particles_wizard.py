@@ -162,7 +162,20 @@ def test_bad_inputs_are_refused_before_any_engine_work(tiny_set, tmp_path, monke
 
 
 @needs_relion
-def test_wizard_end_to_end_with_relion_then_resume(tiny_set, tmp_path):
+def test_wizard_end_to_end_with_relion_then_resume(tiny_set, tmp_path, monkeypatch):
+    """The whole wizard on 160 particles. The tiny maps are too coarse for a cFAR, so stage 2 is
+    told its maps scored 0.0 (the physics of cFAR is tested in test_cfar.py): the rescue runs."""
+    from cryostack.particles import wizard as wizard_mod
+
+    real = wizard_mod.judge_refinement
+
+    def judged(folder, **kw):
+        j = real(folder, **kw)
+        if "initial" in folder.parts:
+            j.cfar = 0.0
+        return j
+
+    monkeypatch.setattr(wizard_mod, "judge_refinement", judged)
     cfg = WizardConfig(
         mask_diameter_A=90.0, initial_sizes=(80,), n_parts=2, min_subset=40, clusters=2, search=QUICK, final=QUICK,
         search_pixel_A=5.0, search_min_box_px=24,
@@ -176,7 +189,8 @@ def test_wizard_end_to_end_with_relion_then_resume(tiny_set, tmp_path):
         assert (final / name).is_file(), name
     log = json.loads((final / "log.json").read_text())
     stages = {s["stage"] for s in log["subsets"]}
-    assert {"initial", "final_search", "final"} <= stages
+    assert {"initial", "rescue", "final_search", "final"} <= stages
+    assert any("preferred-orientation rescue" in n for n in log["notes"])
     for s in log["subsets"]:
         assert s["commands"] and all("relion_refine" in c for c in s["commands"])
         assert s["resolution_A"] is None or 6.0 < s["resolution_A"] < 200.0

@@ -282,7 +282,7 @@ class Wizard:
             for n in sizes
         ]  # fmt: skip
         self.stage_seconds["initial"] = time.monotonic() - t
-        good2 = [r for r in stage2 if r.judgement and (r.cfar or 0) >= cfg.cfar_threshold]
+        good2 = [r for r in stage2 if _passes_cfar(r, cfg.cfar_threshold)]
         clusters = None
         best2: SubsetRun | None
         if good2:
@@ -325,7 +325,7 @@ class Wizard:
             )  # fmt: skip
             stage3[-1].rows = rows
         self.stage_seconds["final_search"] = time.monotonic() - t
-        ok3 = [r for r in stage3 if r.judgement and (r.cfar or 0) >= cfg.cfar_threshold]
+        ok3 = [r for r in stage3 if _passes_cfar(r, cfg.cfar_threshold)]
         if not ok3:
             self.log(f"no stage-3 map reached cFAR {cfg.cfar_threshold}; keeping the best resolution regardless")
             ok3 = [r for r in stage3 if r.judgement] or []
@@ -379,7 +379,7 @@ class Wizard:
             runs.append(
                 self.reconstruct("rescue", f"cluster{c}", pset.subset(rows), reference=None, box_px=self.search_box, sampling=cfg.search)
             )  # fmt: skip
-        ok = [r for r in runs if r.judgement and (r.cfar or 0) >= cfg.cfar_threshold]
+        ok = [r for r in runs if _passes_cfar(r, cfg.cfar_threshold)]
         if not ok:
             self.log(f"no cluster map reached cFAR {cfg.cfar_threshold}; continuing from the most isotropic one")
             ok = sorted((r for r in runs if r.judgement), key=lambda r: -(r.cfar or 0))[:1]
@@ -436,6 +436,12 @@ class Wizard:
         _summary_table(self.runs, out / "subsets.tsv")
         _summary_plot(self.runs, out / "subsets.png")
         return summary
+
+
+def _passes_cfar(run: SubsetRun, threshold: float) -> bool:
+    """A judged map whose cFAR reaches ``threshold``, or could not be measured: a map too coarse
+    for the cones is no evidence of preferred orientation, so it does not trigger the rescue."""
+    return run.judgement is not None and (run.cfar is None or run.cfar >= threshold)
 
 
 def _resolution_key(run: SubsetRun) -> float:

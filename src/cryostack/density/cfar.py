@@ -138,6 +138,7 @@ def _conical(
     voxel_size: tuple[float, float, float],
     axes: np.ndarray,
     cos_cut: float,
+    min_cone_voxels: int = MIN_CONE_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     nz, ny, nx = shape
     vx, vy, vz = voxel_size
@@ -180,7 +181,7 @@ def _conical(
         d2 = np.bincount(sh, weights=power2[inside], minlength=n_shells)
         with np.errstate(invalid="ignore", divide="ignore"):
             fsc = np.where((d1 > 0) & (d2 > 0), num / np.sqrt(d1 * d2), 0.0)
-        fsc[count < MIN_CONE_VOXELS] = np.nan
+        fsc[count < min_cone_voxels] = np.nan
         out[i] = fsc[1:]
     return np.arange(1, n_shells) * width, out
 
@@ -266,6 +267,7 @@ def cfar(
     n_directions: int = DEFAULT_N_DIRECTIONS,
     cone_half_angle_deg: float = DEFAULT_CONE_HALF_ANGLE_DEG,
     fsc_threshold: float = 0.143,
+    min_cone_voxels: int = MIN_CONE_VOXELS,
 ) -> CFARResult:
     """Conical FSC area ratio of two half maps (see the module docstring for the definition).
 
@@ -278,6 +280,9 @@ def cfar(
         cone_half_angle_deg: half-angle of each cone, degrees.
         fsc_threshold: the global FSC's crossing of this value sets the upper frequency limit of the
             areas (and the reported resolutions).
+        min_cone_voxels: a cone's FSC in a shell with fewer Fourier voxels is NaN, and the areas
+            start where every cone has at least this many (the noise of a cone's FSC is about
+            ``1/√count``: raise it for noisy, low-resolution maps).
 
     Raises:
         InputError: shapes differ, values are not finite, arguments are out of range, or the half
@@ -298,7 +303,7 @@ def cfar(
 
     f1 = scipy.fft.rfftn(a, workers=-1)
     f2 = scipy.fft.rfftn(b, workers=-1)
-    freq, curves = _conical(f1, f2, a.shape, vs, axes, cos_cut)
+    freq, curves = _conical(f1, f2, a.shape, vs, axes, cos_cut, int(min_cone_voxels))
     del f1, f2
     freq_global, global_fsc = fsc_curve(a, b, vs)
     assert np.allclose(freq_global, freq)  # same shells by construction
@@ -318,7 +323,7 @@ def cfar(
         raise InputError(
             None,
             f"the global resolution {resolution:.1f} Å is too low for {cone_half_angle_deg:g}° cones: every cone "
-            f"holds {MIN_CONE_VOXELS} Fourier voxels {start}; use wider cones or a larger box",
+            f"holds {min_cone_voxels} Fourier voxels {start}; use wider cones or a larger box",
         )
     s_low = float(freq[usable[0]])
     # Sparse shells (below s_low, or rarely a lattice gap above it) take the global FSC, so the

@@ -42,6 +42,10 @@ from cryostack.particles.featurize import fourier_resample
 
 #: Fewest FSC shells between the first measurable cone shell and the resolution for a cFAR.
 MIN_CFAR_SHELLS = 4
+#: Fourier voxels every cone needs in a shell before it enters the cFAR areas (noise ≈ 1/√100).
+MIN_CFAR_CONE_VOXELS = 100
+#: Cone half-angles tried, narrowest first (see :func:`robust_cfar`).
+CFAR_CONE_ANGLES_DEG = (20.0, 30.0, 45.0)
 #: Lines of an engine log quoted in an error.
 _LOG_TAIL_LINES = 15
 
@@ -361,6 +365,36 @@ def _relion_final_resolution(model_star: Path) -> float | None:
     return float(np.asarray(general["rlnCurrentResolution"]).ravel()[0])
 
 
+def robust_cfar(
+    half1: DensityMap, half2: DensityMap, mask: np.ndarray, fsc_threshold: float = 0.143
+) -> tuple[float | None, str]:
+    """cFAR of a search-stage map, or None with the reason when it cannot be trusted.
+
+    A cone's FSC in a shell of ``n`` Fourier voxels scatters by about ``1/√n``, and cFAR is a
+    ratio of extremes over many cones, so noisy cones drag it to 0 (seen: 0.00 and 0.05 for
+    uniform-view search maps at 17–24 Å in a 40 px box with 20° cones from 10 voxels). The areas
+    here start where every cone holds :data:`MIN_CFAR_CONE_VOXELS` voxels, and the narrowest of
+    :data:`CFAR_CONE_ANGLES_DEG` that leaves :data:`MIN_CFAR_SHELLS` shells below the resolution
+    is used (wider cones still see a single view: its filled plane lies 90° from the beam).
+    """
+    reason = ""
+    for angle in CFAR_CONE_ANGLES_DEG:
+        try:
+            c = cfar(
+                half1.data, half2.data, half1.voxel_size, mask=mask, fsc_threshold=fsc_threshold,
+                cone_half_angle_deg=angle, min_cone_voxels=MIN_CFAR_CONE_VOXELS,
+            )  # fmt: skip
+        except InputError as e:  # too little signal, or cones too sparse below the resolution
+            reason = str(e)
+            continue
+        low_A, high_A = c.area_band_A
+        shells = int(np.count_nonzero((c.freq_per_A >= 1.0 / low_A) & (c.freq_per_A <= 1.0 / high_A)))
+        if shells >= MIN_CFAR_SHELLS:
+            return float(c.cfar), f"{angle:g}° cones over {low_A:.1f}-{high_A:.1f} Å ({shells} shells)"
+        reason = f"{angle:g}° cones span only {shells} shells ({low_A:.1f}-{high_A:.1f} Å)"
+    return None, f"not measurable: {reason}"
+
+
 def judge_refinement(
     folder: Path, *, diameter_A: float, prefix: str = "run", fsc_threshold: float = 0.143
 ) -> MapJudgement:
@@ -374,19 +408,7 @@ def judge_refinement(
     mask = soft_sphere_mask(m1.data.shape, m1.voxel_size[0], diameter_A)
     freq, curve = fsc_curve(m1.data * mask, m2.data * mask, m1.voxel_size)
     res = fsc_resolution(freq, curve, fsc_threshold)
-    try:
-        c = cfar(m1.data, m2.data, m1.voxel_size, mask=mask, fsc_threshold=fsc_threshold)
-    except InputError as e:  # too little signal or too coarse a box to measure anisotropy
-        score, note = None, str(e)
-    else:
-        low_A, high_A = c.area_band_A
-        shells = int(np.count_nonzero((c.freq_per_A >= 1.0 / low_A) & (c.freq_per_A <= 1.0 / high_A)))
-        if shells < MIN_CFAR_SHELLS:
-            # a ratio of areas over one or two noisy shells says nothing about orientations (seen:
-            # 0.00 for a uniform-view 250-particle map at 24 Å in a 40 px box)
-            score, note = None, f"the cone areas span only {shells} shells ({low_A:.1f}-{high_A:.1f} Å): too few"
-        else:
-            score, note = float(c.cfar), ""
+    score, note = robust_cfar(m1, m2, mask, fsc_threshold)
     return MapJudgement(
         map_path=final,
         half1=half1,

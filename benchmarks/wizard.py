@@ -244,6 +244,24 @@ def run_scenario(name: str, corpus: Corpus, work: Path, args, results: dict, sav
     save()
 
 
+def collect_finished(wizard_dir: Path, diameter_A: float) -> list[dict]:
+    """Every engine refinement of a wizard folder that finished, judged as the wizard judges it
+    (for a run stopped before its end: the JSON then says which rows exist)."""
+    rows = []
+    for record in sorted(wizard_dir.glob("*/*/refine/step.json")):
+        folder = record.parent
+        stage, name = folder.parent.parent.name, folder.parent.name
+        j = judge_refinement(folder, diameter_A=diameter_A)
+        seconds = sum(json.loads(p.read_text())["seconds"] for p in folder.parent.glob("*/step.json"))
+        subset = read_star(folder.parent / "data" / "particles.star")
+        junk = float(np.mean(subset.column("rlnCryostackJunkClass") != 0))
+        rows.append(
+            {"stage": stage, "name": name, "size": len(subset), "junk_fraction": round(junk, 4),
+             "resolution_A": j.resolution_A, "cfar": j.cfar, "cfar_note": j.cfar_note, "engine_seconds": round(seconds, 1)}
+        )  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, required=True)
@@ -256,6 +274,9 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "wizard.json")
+    ap.add_argument(
+        "--collect-only", action="store_true", help="Run nothing: record the finished engine runs of --work."
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     results = {
@@ -276,6 +297,18 @@ def main() -> None:
 
     corpus = Corpus(args.corpus)
     for name in args.scenarios.split(","):
+        if args.collect_only:
+            sim = args.work / name / "sim" / "particles.star"
+            record = args.work / name / "wizard" / "wizard.json"
+            if not record.is_file():
+                continue
+            diameter_A = json.loads(record.read_text())["config"]["mask_diameter_A"]
+            results["scenarios"][name] = {
+                "status": "incomplete: the wizard was stopped before its end; finished engine runs only",
+                "particles": len(read_star(sim)),
+                "runs": collect_finished(args.work / name / "wizard", diameter_A),
+            }
+            continue
         run_scenario(name, corpus, args.work, args, results, save)
     save()
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from cryostack.data.corpus import Corpus
+from cryostack.density.fourier import fourier_crop_or_pad
 from cryostack.density.fsc import fsc_curve, fsc_resolution
 from cryostack.io.maps import read_map
 from cryostack.io.particles import read_star
@@ -42,15 +43,12 @@ from cryostack.learn.provenance import git_commit, machine_info
 from cryostack.particles.engine import (
     EngineConfig,
     judge_refinement,
-    refine_argv,
     resample_map_box,
-    run_step,
     soft_sphere_mask,
-    write_engine_copy,
 )
 from cryostack.particles.simulate import SimulationConfig, simulate_particles
 from cryostack.particles.sources import corpus_sources
-from cryostack.particles.wizard import FINAL_SAMPLING, SEARCH_SAMPLING, WizardConfig, run_wizard
+from cryostack.particles.wizard import FINAL_SAMPLING, SEARCH_SAMPLING, Wizard, WizardConfig, run_wizard
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -62,16 +60,6 @@ SCENARIOS = {
 
 
 # --- alignment to the truth --------------------------------------------------------------------
-
-
-def _fourier_box(vol: np.ndarray, m: int) -> np.ndarray:
-    n = vol.shape[0]
-    f = np.fft.fftshift(np.fft.fftn(vol))
-    k = min(n, m)
-    a, b = n // 2 - k // 2, m // 2 - k // 2
-    g = np.zeros((m, m, m), dtype=complex)
-    g[b : b + k, b : b + k, b : b + k] = f[a : a + k, a : a + k, a : a + k]
-    return np.fft.ifftn(np.fft.ifftshift(g)).real * (m / n) ** 3
 
 
 def _rotate(vol: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -98,7 +86,7 @@ def align_to_truth(truth: np.ndarray, moving: np.ndarray, *, coarse_px: int = 32
 
     n = truth.shape[0]
     small = min(coarse_px, n)
-    t_c = torch.from_numpy(_fourier_box(truth, small).astype(np.float32))
+    t_c = torch.from_numpy(fourier_crop_or_pad(truth, small).astype(np.float32))
     t_c = t_c - t_c.mean()
     t_f = torch.fft.rfftn(t_c)
     t_norm = float(t_c.std()) * np.sqrt(t_c.numel())
@@ -106,7 +94,7 @@ def align_to_truth(truth: np.ndarray, moving: np.ndarray, *, coarse_px: int = 32
     best = (-2.0, None, None)
     for hand in (False, True):
         vol = np.flip(moving, axis=0).copy() if hand else moving
-        v_c = torch.from_numpy(_fourier_box(vol, small).astype(np.float32))
+        v_c = torch.from_numpy(fourier_crop_or_pad(vol, small).astype(np.float32))
         for lo in range(0, n_rot, 200):
             cc, _ = _best_shift_cc(_rotate(v_c, rots[lo : lo + 200]), t_f, t_norm)
             i = int(cc.argmax())
@@ -154,19 +142,14 @@ def compare_to_truth(map_path: Path, truth_path: Path, diameter_A: float) -> dic
 # --- rows ------------------------------------------------------------------------------------
 
 
-def refine_subset(
-    name: str, pset, rows: np.ndarray, reference: Path, work: Path, diameter_A: float, cfg: WizardConfig
-) -> dict:
-    folder = work / name
-    star = write_engine_copy(pset.subset(rows), folder / "data")
-    ref = resample_map_box(reference, pset.box_px, folder / "data" / "reference.mrc")
-    step = run_step(
-        name, folder / "refine",
-        refine_argv(star, ref, "run", diameter_A=diameter_A, symmetry="C1", initial_lowpass_A=cfg.initial_lowpass_A,
-                    sampling=cfg.final, cfg=cfg.engine, seed=cfg.seed + 1),
-    )  # fmt: skip
-    j = judge_refinement(folder / "refine", diameter_A=diameter_A)
-    return {"particles": int(len(rows)), "seconds": round(step.seconds, 1), **j.to_dict()}
+def refine_subset(wizard: Wizard, label: str, rows: np.ndarray, reference: Path) -> dict:
+    """``rows`` refined exactly as the wizard refines its final subset (full box, final sampling)."""
+    run = wizard.reconstruct(
+        "baselines", label, wizard.pset.subset(rows), reference=reference, box_px=None, sampling=wizard.cfg.final
+    )
+    if run.judgement is None:
+        raise RuntimeError(f"baseline {label}: {run.note}")
+    return {"particles": run.size, "seconds": round(run.seconds, 1), **run.judgement.to_dict()}
 
 
 def run_scenario(name: str, corpus: Corpus, work: Path, args, results: dict, save) -> None:
@@ -229,9 +212,10 @@ def run_scenario(name: str, corpus: Corpus, work: Path, args, results: dict, sav
         rng = np.random.default_rng(args.seed)
         baselines["oracle"] = good
         baselines["random"] = np.sort(rng.choice(len(pset), size=len(chosen), replace=False))
+    wizard = Wizard(sim_dir / "particles.star", work / name, cfg, True, pset, diameter_A)
     for label, rows in baselines.items():
         t = time.monotonic()
-        r = refine_subset(label, pset, rows, reference, work / name / "baselines", diameter_A, cfg)
+        r = refine_subset(wizard, label, rows, reference)
         r["wall_s"] = round(time.monotonic() - t, 1)
         r.update(compare_to_truth(Path(r["map"]), truth, diameter_A))
         row[label] = r

@@ -255,7 +255,8 @@ def test_robust_cfar_separates_uniform_from_single_view_and_declines_noisy_coars
     mask = soft_sphere_mask(uni[0].shape, VOXEL_A, 100.0)
 
     def judged(pair):
-        return robust_cfar(*(DensityMap(data=h, voxel_size=(VOXEL_A,) * 3) for h in pair), mask)
+        result, note = robust_cfar(*(DensityMap(data=h, voxel_size=(VOXEL_A,) * 3) for h in pair), mask)
+        return (None if result is None else result.cfar), note
 
     u, note_u = judged(uni)
     s, note_s = judged(one)

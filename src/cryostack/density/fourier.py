@@ -21,6 +21,20 @@ def frequency_squared(shape_zyx: tuple[int, ...], voxel_size_xyz: tuple[float, f
     return sz**2 + sy**2 + sx**2
 
 
+def fourier_crop_or_pad(volume: np.ndarray, box_px: int) -> np.ndarray:
+    """A cubic ``volume`` ``(n, n, n)`` → ``(box_px,)*3`` over the same field of view, by cropping
+    or zero-padding its centred Fourier transform (a band limit, not an interpolation). Values,
+    not sums, are kept; the voxel size becomes ``n / box_px`` times the old one (float64 out)."""
+    n = volume.shape[0]
+    f = np.fft.fftshift(np.fft.fftn(volume.astype(np.float64)))
+    k = min(n, box_px)
+    src = slice(n // 2 - k // 2, n // 2 - k // 2 + k)
+    dst = slice(box_px // 2 - k // 2, box_px // 2 - k // 2 + k)
+    g = np.zeros((box_px,) * 3, dtype=np.complex128)
+    g[dst, dst, dst] = f[src, src, src]
+    return np.fft.ifftn(np.fft.ifftshift(g)).real * (box_px / n) ** 3
+
+
 def _apply(density: DensityMap, weight: np.ndarray) -> DensityMap:
     f = np.fft.rfftn(density.data.astype(np.float64))
     out = np.fft.irfftn(f * weight, s=density.shape, axes=(0, 1, 2))

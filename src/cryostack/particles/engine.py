@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryostack.density.cfar import cfar
+from cryostack.density.cfar import CFARResult, cfar
+from cryostack.density.fourier import fourier_crop_or_pad
 from cryostack.density.fsc import fsc_curve, fsc_resolution
 from cryostack.errors import CryostackError, InputError
 from cryostack.io.atomic import atomic_output
 from cryostack.io.maps import DensityMap, read_map, write_map
-from cryostack.io.particles import ParticleSet, read_star, write_mrcs, write_star
+from cryostack.io.particles import ParticleSet, write_mrcs, write_star
 from cryostack.particles.featurize import fourier_resample
 
 #: Fewest FSC shells between the first measurable cone shell and the resolution for a cFAR.
@@ -83,8 +84,8 @@ class EngineConfig:
         if self.mpi - 1 < need_followers:
             raise InputError(
                 None,
-                f"--mpi {self.mpi} is too few for this RELION job: it needs 1 leader and {need_followers} "
-                f"followers (--mpi {need_followers + 1}); use --mpi 1 for the serial program",
+                f"mpi {self.mpi} is too few for this RELION job: it needs 1 leader and {need_followers} "
+                f"followers (mpi {need_followers + 1})",
             )
         extra = ["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         return [*self.launcher, *extra, "--oversubscribe", "-n", str(self.mpi), "relion_refine_mpi"]
@@ -113,9 +114,6 @@ class StepRecord:
     argv: list[str]
     seconds: float
     skipped: bool = False
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "folder": str(self.folder), "command": " ".join(self.argv), "seconds": self.seconds}
 
 
 def run_step(name: str, folder: Path, argv: Sequence[str], *, log_name: str = "engine.log") -> StepRecord:
@@ -211,13 +209,7 @@ def resample_map_box(path: Path, box_px: int, out: Path) -> Path:
     n = m.data.shape[0]
     if n == box_px:
         return path
-    f = np.fft.fftshift(np.fft.fftn(m.data.astype(np.float64)))
-    g = np.zeros((box_px,) * 3, dtype=np.complex128)
-    k = min(n, box_px)
-    src = slice(n // 2 - k // 2, n // 2 - k // 2 + k)
-    dst = slice(box_px // 2 - k // 2, box_px // 2 - k // 2 + k)
-    g[dst, dst, dst] = f[src, src, src]
-    data = np.fft.ifftn(np.fft.ifftshift(g)).real * (box_px / n) ** 3
+    data = fourier_crop_or_pad(m.data, box_px)
     voxel = tuple(v * n / box_px for v in m.voxel_size)
     write_map(DensityMap(data=data.astype(np.float32), voxel_size=voxel), out)  # type: ignore[arg-type]
     return out
@@ -328,6 +320,7 @@ class MapJudgement:
     fsc_freq_per_A: np.ndarray = field(repr=False)
     fsc: np.ndarray = field(repr=False)
     cfar_note: str = ""
+    cfar_result: CFARResult | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -367,8 +360,9 @@ def _relion_final_resolution(model_star: Path) -> float | None:
 
 def robust_cfar(
     half1: DensityMap, half2: DensityMap, mask: np.ndarray, fsc_threshold: float = 0.143
-) -> tuple[float | None, str]:
-    """cFAR of a search-stage map, or None with the reason when it cannot be trusted.
+) -> tuple[CFARResult | None, str]:
+    """cFAR of a map (the result, with the cones used), or None with the reason when it cannot
+    be trusted.
 
     A cone's FSC in a shell of ``n`` Fourier voxels scatters by about ``1/√n``, and cFAR is a
     ratio of extremes over many cones, so noisy cones drag it to 0 (seen: 0.00 and 0.05 for
@@ -390,7 +384,7 @@ def robust_cfar(
         low_A, high_A = c.area_band_A
         shells = int(np.count_nonzero((c.freq_per_A >= 1.0 / low_A) & (c.freq_per_A <= 1.0 / high_A)))
         if shells >= MIN_CFAR_SHELLS:
-            return float(c.cfar), f"{angle:g}° cones over {low_A:.1f}-{high_A:.1f} Å ({shells} shells)"
+            return c, f"{angle:g}° cones over {low_A:.1f}-{high_A:.1f} Å ({shells} shells)"
         reason = f"{angle:g}° cones span only {shells} shells ({low_A:.1f}-{high_A:.1f} Å)"
     return None, f"not measurable: {reason}"
 
@@ -408,15 +402,16 @@ def judge_refinement(
     mask = soft_sphere_mask(m1.data.shape, m1.voxel_size[0], diameter_A)
     freq, curve = fsc_curve(m1.data * mask, m2.data * mask, m1.voxel_size)
     res = fsc_resolution(freq, curve, fsc_threshold)
-    score, note = robust_cfar(m1, m2, mask, fsc_threshold)
+    result, note = robust_cfar(m1, m2, mask, fsc_threshold)
     return MapJudgement(
         map_path=final,
         half1=half1,
         half2=half2,
         data_star=folder / f"{prefix}_data.star",
         resolution_A=res,
-        cfar=score,
+        cfar=None if result is None else float(result.cfar),
         cfar_note=note,
+        cfar_result=result,
         relion_resolution_A=_relion_final_resolution(folder / f"{prefix}_model.star"),
         fsc_freq_per_A=freq,
         fsc=curve,
@@ -428,8 +423,3 @@ def write_mask(path: Path, like: DensityMap, diameter_A: float) -> Path:
     mask = soft_sphere_mask(like.data.shape, like.voxel_size[0], diameter_A)
     write_map(DensityMap(data=mask, voxel_size=like.voxel_size, origin=like.origin, nstart=like.nstart), path)
     return path
-
-
-def read_engine_particles(star: Path) -> ParticleSet:
-    """A STAR file RELION wrote (the refined poses of a run)."""
-    return read_star(star)

@@ -22,7 +22,6 @@ output folder fixes the input and settings, so ``--resume`` refuses another inpu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -37,6 +36,7 @@ from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output
 from cryostack.io.maps import read_map
 from cryostack.io.particles import ParticleSet, read_particles, write_cs, write_star
+from cryostack.learn.provenance import sha256_file
 from cryostack.particles.engine import (
     EngineConfig,
     EngineError,
@@ -142,11 +142,7 @@ def initial_sizes(n_ranked: int, min_subset: int) -> tuple[int, ...]:
 
 
 def _fingerprint(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"path": str(path.resolve()), "sha256": h.hexdigest()}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
 def _prepare_folder(out: Path, src: Path, cfg: WizardConfig, resume: bool) -> None:
@@ -400,19 +396,17 @@ class Wizard:
                     {"freq_per_A": j.fsc_freq_per_A.tolist(), "fsc": j.fsc.tolist(), "resolution_A": j.resolution_A}
                 )
             )
-        from cryostack.density.cfar import cfar, plot_fsc_sphere
+        from cryostack.density.cfar import plot_fsc_sphere
 
-        h1, h2 = read_map(j.half1), read_map(j.half2)
-        mask = read_map(out / "mask.mrc").data
-        try:
-            c = cfar(h1.data, h2.data, h1.voxel_size, mask=mask)
-        except InputError as e:
-            self.log(f"final map: cFAR not measurable ({e})")
-            with atomic_output(out / "cfar.json") as tmp:
-                tmp.write_text(json.dumps({"cfar": None, "note": str(e)}))
+        # the judgement's own cFAR, so cfar.json and log.json report the same number
+        c = j.cfar_result
+        with atomic_output(out / "cfar.json") as tmp:
+            tmp.write_text(
+                json.dumps({"cfar": None, "note": j.cfar_note} if c is None else {**c.to_dict(), "note": j.cfar_note})
+            )
+        if c is None:
+            self.log(f"final map: cFAR {j.cfar_note}")
         else:
-            with atomic_output(out / "cfar.json") as tmp:
-                tmp.write_text(json.dumps(c.to_dict()))
             plot_fsc_sphere(c, out / "fsc_sphere.png")
         sub = pset.subset(np.sort(chosen))
         sub.particles["rlnCryostackScore"] = scores[np.sort(chosen)]

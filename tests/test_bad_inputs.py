@@ -236,7 +236,7 @@ def test_odd_models_in_every_command(how, piece, piece_map, tmp_path, capsys):
         capsys, "refine", "--model", model, "--map", piece_map, "--resolution", "4", "--out", refined,
         "--max-recycles", "1", "--no-q-score",
     )  # fmt: skip
-    assert_clean(code, err, outputs=(refined, tmp_path / "r_report.txt", tmp_path / "r_report.json"))
+    assert_clean(code, err, outputs=(refined, *(tmp_path / f"r_report.{e}" for e in ("txt", "json", "html"))))
     assert (digest(model), digest(piece_map)) == before
 
 
@@ -355,7 +355,12 @@ def test_start_up_does_not_import_torch():
 def test_report_names_follow_the_model_name():
     from cryostack.pipeline.refine_job import default_outputs
 
-    assert [p.name for p in default_outputs(Path("m.cif"), Path("r.pdb"))] == ["r.pdb", "r_report.txt", "r_report.json"]
+    assert [p.name for p in default_outputs(Path("m.cif"), Path("r.pdb"))] == [
+        "r.pdb",
+        "r_report.txt",
+        "r_report.json",
+        "r_report.html",
+    ]
 
 
 def test_threads_follow_the_available_cores():

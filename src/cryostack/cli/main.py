@@ -74,7 +74,7 @@ _registered: list[bool] = []
 
 
 def _register() -> None:
-    from cryostack.cli import demo, info, refine, simulate_map, validate
+    from cryostack.cli import demo, info, refine, run, simulate_map, validate
 
     for name, what in NOT_YET.items():
         app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
@@ -86,6 +86,7 @@ def _register() -> None:
     app.command("validate")(validate.validate)
     app.command("demo")(demo.demo)
     app.command("refine")(refine.refine)
+    app.command("run")(run.run)
 
 
 err_console = Console(stderr=True)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except CryostackError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # a pipeline stage that hit a bug says 1
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED, soft_wrap=True)
         sys.exit(130)

@@ -20,6 +20,9 @@ def validate(
     reference: Path | None = typer.Option(None, "--reference", help="Reference model (TM-score, lDDT, DockQ, ...)."),
     json_out: Path | None = JSON_OUT,
     plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
+    html: Path | None = typer.Option(
+        None, "--html", help="Self-contained HTML report (plots and outlier tables inline; JSON beside it)."
+    ),
     no_q: bool = typer.Option(False, "--no-q-score", help="Skip the Q-score (faster)."),
     threads: int | None = THREADS,
 ) -> None:
@@ -36,11 +39,12 @@ def validate(
         raise InputError(None, "--half-maps needs --map as well")
     # Output problems are found before minutes of work, and nothing is written.
     inputs = [p for p in (model, map_path, reference, *(half_maps or ())) if p is not None]
-    for out in (json_out, plots):
+    for out in (json_out, plots, html, html.with_suffix(".json") if html else None):
         if out is not None and any(out.resolve() == p.resolve() for p in inputs):
             raise InputError(out, "output would overwrite an input file")
-    if json_out is not None:
-        check_writable(json_out)
+    for out in (json_out, html):
+        if out is not None:
+            check_writable(out)
     if plots is not None:
         if plots.exists() and not plots.is_dir():
             raise InputError(plots, "--plots names an existing file; give a folder")
@@ -60,6 +64,23 @@ def validate(
         if plots is not None:
             status.update("validating: plots")
             write_plots(result, plots)
+        if html is not None:
+            from cryostack.io.maps import read_map
+            from cryostack.report.pages import validation_page
+
+            status.update("validating: HTML report")
+            validation_page(
+                result,
+                html,
+                density=read_map(map_path) if map_path is not None else None,
+                inputs={k: str(v) for k, v in (("model", model), ("map", map_path), ("reference", reference)) if v},
+                parameters={
+                    "resolution_A": resolution,
+                    "half_maps": [str(h) for h in half_maps or ()],
+                    "q_score": not no_q,
+                },
+                protect=tuple(inputs),
+            )
     if json_out is not None:
         result.write_json(json_out)
     typer.echo(text_table(result), nl=False)

@@ -1,8 +1,8 @@
 """A refinement job on files: check, validate before, refine, validate after, write model and report.
 
 :func:`refine_files` is what ``cryostack refine`` runs; it returns a :class:`RefineJobResult`
-and writes three files, each atomically and only after every check has passed:
-the refined model (``.cif``), a text report and a JSON report beside it.
+and writes four files, each atomically and only after every check has passed:
+the refined model (``.cif``), a text, a JSON and a self-contained HTML report beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cryostack.io.maps import DensityMap, read_map
 from cryostack.io.models import Structure, read_structure
 from cryostack.refine import LossWeights, RefineConfig, RefineResult, available_methods, check_inputs, refine
 from cryostack.report.before_after import report_rows, text_report
+from cryostack.report.pages import refinement_page
 from cryostack.validate.api import validate
 
 
@@ -31,15 +32,15 @@ class RefineJobResult:
     before: dict[str, Any]
     after: dict[str, Any]
     report_text: str
-    outputs: tuple[Path, Path, Path]  # model, text report, JSON report
+    outputs: tuple[Path, Path, Path, Path]  # model, text report, JSON report, HTML report
 
 
 #: Model file endings stripped to name the reports beside a refined model (longest first).
 MODEL_SUFFIXES = (".mmcif.gz", ".cif.gz", ".pdb.gz", ".ent.gz", ".mmcif", ".cif", ".pdb", ".ent")
 
 
-def default_outputs(model: Path, out: Path | None) -> tuple[Path, Path, Path]:
-    """``(model.cif, report.txt, report.json)``: ``MODEL_refined.cif`` beside the input by default."""
+def default_outputs(model: Path, out: Path | None) -> tuple[Path, Path, Path, Path]:
+    """``(model.cif, report.txt, report.json, report.html)``: ``MODEL_refined.cif`` beside the input by default."""
     out = out or model.with_name(model.name.split(".")[0] + "_refined.cif")
     name = out.name
     for suffix in MODEL_SUFFIXES:  # r.pdb -> r_report.txt, not r.pdb_report.txt
@@ -47,7 +48,7 @@ def default_outputs(model: Path, out: Path | None) -> tuple[Path, Path, Path]:
             name = name[: -len(suffix)]
             break
     stem = out.with_name(name)
-    return out, Path(f"{stem}_report.txt"), Path(f"{stem}_report.json")
+    return out, Path(f"{stem}_report.txt"), Path(f"{stem}_report.json"), Path(f"{stem}_report.html")
 
 
 def check_outputs(outputs: tuple[Path, ...], inputs: tuple[Path, ...]) -> None:
@@ -127,4 +128,6 @@ def refine_files(
     }
     with atomic_output(outputs[2], protect=inputs) as tmp:
         tmp.write_text(json.dumps(jsonable(record), indent=2))
+    say("writing the HTML report")
+    refinement_page(record, outputs[3], after=after, density=density, protect=inputs)
     return RefineJobResult(refined, result, bd, ad, text, outputs)

@@ -155,17 +155,28 @@ def ramachandran(structure: Any) -> RamachandranResult:
 
 
 def plot_ramachandran(result: RamachandranResult, path: str | Path, *, dpi: int = 120) -> Path:
-    """Draw the six category panels (favoured and allowed regions, residues as points,
-    outliers in red and labelled chain/number/name) and save a PNG atomically."""
+    """Draw :func:`ramachandran_figure` and save it as a PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    from cryostack.io.atomic import atomic_output
+
+    path = Path(path)
+    fig = ramachandran_figure(result)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
+
+def ramachandran_figure(result: RamachandranResult):
+    """The six category panels (favoured and allowed regions, residues as points, outliers in
+    red and labelled chain/number/name) as a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from cryostack.io.atomic import atomic_output
-
-    path = Path(path)
     tables = load_tables()
     # Bin centres padded by one wrapped bin on each side so the contours close at ±180°.
     centres = np.concatenate(([-181.0], -179.0 + 2.0 * np.arange(N_BINS), [181.0]))
@@ -200,7 +211,4 @@ def plot_ramachandran(result: RamachandranResult, path: str | Path, *, dpi: int 
         f"Ramachandran: {result.favored_pct:.2f}% favoured, {result.outlier_pct:.2f}% outliers "
         f"({result.n_residues} residues; Top8000 contours, Richardson lab)"
     )
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
+    return fig

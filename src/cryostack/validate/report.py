@@ -21,6 +21,17 @@ def _f(v, fmt: str = "{:.3f}") -> str:
 def text_table(result) -> str:
     """A paper-style validation table."""
     d = result.to_dict()
+    rows = table_rows(d)
+    width = max(len(k) for k, _ in rows) + 2
+    lines = [f"{k:<{width}}{v}" for k, v in rows]
+    for note in d["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(d: dict) -> list[tuple[str, str]]:
+    """The table's ``(label, value)`` rows from ``ValidationResult.to_dict()``; a value of ``""``
+    marks a heading (the text table and the HTML report show the same rows)."""
     rows: list[tuple[str, str]] = [("Model", str(d["model"]))]
     mm = d["map_model"]
     if mm:
@@ -84,11 +95,7 @@ def text_table(result) -> str:
             ),
             ("  DockQ", _f(ref.get("dockq"))),
         ]
-    width = max(len(k) for k, _ in rows) + 2
-    lines = [f"{k:<{width}}{v}" for k, v in rows]
-    for note in d["notes"]:
-        lines.append(f"note: {note}")
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def write_plots(result, folder: str | Path) -> list[Path]:
@@ -114,7 +121,7 @@ def write_plots(result, folder: str | Path) -> list[Path]:
         ax.set_ylim(-0.1, 1.05)
         ax.legend()
         written.append(_save(fig, folder / "fsc.png"))
-        written.append(_save(_per_residue_figure(mm.per_residue, plt), folder / "per_residue.png"))
+        written.append(_save(per_residue_figure(mm.per_residue), folder / "per_residue.png"))
     if result.ramachandran is not None:
         from cryostack.validate.ramachandran import plot_ramachandran
 
@@ -124,9 +131,14 @@ def write_plots(result, folder: str | Path) -> list[Path]:
     return written
 
 
-def _per_residue_figure(per_residue: list[dict], plt):
+def per_residue_figure(per_residue: list[dict]):
     """Per-residue CC and Q-score: one panel per chain, or for many chains one panel with the
     chains in model order (a figure of dozens of panels is unreadable and slow to draw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     chains = list(dict.fromkeys(r["chain"] for r in per_residue))
     value = lambda r, k: r[k] if r[k] is not None else float("nan")  # noqa: E731
     if len(chains) <= MAX_CHAIN_PANELS:

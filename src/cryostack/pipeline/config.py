@@ -1,0 +1,123 @@
+"""Settings of ``cryostack run`` as plain dataclasses, read from a TOML file.
+
+Every section is optional; a key that is not a setting is refused with the file named, so a
+typo never passes silently. Example (every value shown is the default, except where noted)::
+
+    resolution_A = 3.2          # default: measured (half-map FSC 0.143) or required
+    device = "cpu"
+
+    [wizard]                    # cryostack.particles.wizard.WizardConfig
+    symmetry = "C1"
+    min_subset = 200
+    [wizard.engine]
+    mpi = 3
+    [wizard.search]             # RELION sampling of the subset searches
+    healpix_order = 1
+
+    [refine]
+    max_recycles = 8
+    method = "direct"
+    weights = "density=60"      # default: none (the refinement's own weights)
+
+    [validate]
+    q_score = true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryostack.errors import InputError
+from cryostack.particles.wizard import WizardConfig
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """The refinement stage (``cryostack refine``'s options)."""
+
+    max_recycles: int = 8
+    method: str = "direct"
+    weights: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    """The final validation; the Q-score is the slow part on large models."""
+
+    q_score: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``cryostack run`` can be told; printed back in the report."""
+
+    resolution_A: float | None = None
+    device: str = "cpu"
+    wizard: WizardConfig = field(default_factory=WizardConfig)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> tuple[RunConfig, str]:
+    """The settings of ``path`` (TOML; ``None``: defaults) with ``overrides`` applied to the top
+    level (command-line values), and the file's text for the report."""
+    text = ""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such config file")
+        text = path.read_text()
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(path, f"not valid TOML: {exc}") from None
+    for key, value in overrides.items():
+        if value is not None:
+            raw[key] = value
+    return _build(RunConfig, raw, path, ""), text
+
+
+def _build(cls, values: dict, path: Path | None, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise InputError(path, f"unknown setting {name!r} (known{' in [' + where[:-1] + ']' if where else ''}: {known})")  # fmt: skip
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise InputError(path, f"{name} must be a table ([{name}])")
+            kwargs[key] = _build(type(default), value, path, f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, default, name, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, name: str, path: Path | None) -> Any:
+    if isinstance(value, list) and default is None:
+        return tuple(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise InputError(path, f"{name} must be a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InputError(path, f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if default is not None and not isinstance(value, type(default)):
+        raise InputError(path, f"{name} must be a {type(default).__name__}, got {value!r}")
+    return value

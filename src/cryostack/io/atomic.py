@@ -72,7 +72,10 @@ def check_writable(path: str | Path) -> Path:
 
 
 def jsonable(x: Any) -> Any:
-    """``x`` with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
+    """``x`` with numpy scalars as Python numbers, arrays as lists and non-finite floats as
+    ``None`` (strict JSON)."""
+    if hasattr(x, "tolist") and getattr(x, "ndim", 0) > 0:
+        x = x.tolist()
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):

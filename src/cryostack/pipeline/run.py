@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from cryostack.errors import CryostackError, InputError
 from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.learn.provenance import sha256_file
@@ -317,13 +315,14 @@ class Run:
             )
             job = refine_files(
                 stage_inputs["model"], m["map"], res, out=folder / "model.cif", half_maps=halves, config=config,
-                weights=settings.weights, compute_q=self.cfg.validate.q_score,
+                weights=settings.weights, compute_q=q,
             )  # fmt: skip
             model, _, record, html = job.outputs
             info = {"recycles": job.refinement.n_recycles, "resolution_A": res}
             return {"model": model, "refine_record": record, "refine_html": html}, info
 
-        return stage_inputs, {**settings.__dict__, "resolution_A": res, "device": self.cfg.device}, fn
+        q = self.cfg.validate.q_score  # the refinement's own before/after report
+        return stage_inputs, {**settings.__dict__, "resolution_A": res, "device": self.cfg.device, "q_score": q}, fn
 
     def _prepare_validate(self):
         model = self.products.get("model", self.inputs.model)

@@ -107,6 +107,14 @@ class _Cdp:
         return json.loads(raw)
 
 
+def _high_fd(fd: int) -> int:
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
 def check_page(
     html_path: str | Path,
     *,
@@ -131,6 +139,9 @@ def check_page(
     with tempfile.TemporaryDirectory(prefix="cryostack-chromium-") as profile:
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
+        # Moved above 9 so "3<&N 4>&M" cannot clobber one end with the other (bash, since dash
+        # reads only one-digit descriptors).
+        to_r, from_w = (_high_fd(fd) for fd in (to_r, from_w))
         args = [
             "--headless=new",
             "--no-sandbox",  # containers and CI run as root, where the sandbox refuses to start
@@ -144,7 +155,7 @@ def check_page(
         ]
         # The protocol wants fds 3 and 4 exactly; the shell moves our pipe ends there.
         proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}', exe, *args],
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}', exe, *args],
             pass_fds=(to_r, from_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -1,0 +1,204 @@
+"""``cryostack run``: stages chosen from the inputs, stage records and reuse, resume after Ctrl-C,
+refusals (one line, exit 2, nothing written), a failing stage named with its log and the report
+still written, and the TOML config printed back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
+from cryostack.io.maps import read_map, write_map
+from cryostack.pipeline.config import RunConfig, load_config
+from cryostack.pipeline.run import RunInputs, plan
+from cryostack.report.browser import check_page
+
+MAP, MODEL = str(SPIKE_NTD_MAP), str(SPIKE_NTD_MODEL)
+QUICK_TOML = "resolution_A = 3.2\n[refine]\nmax_recycles = 2\n[validate]\nq_score = false\n"
+
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cryostack.cli.main", "run", "--no-progress", *map(str, args)],
+        capture_output=True, text=True, timeout=900, **kw,
+    )  # fmt: skip
+
+
+def stages(out: Path) -> dict[str, str]:
+    return {s["stage"]: s["status"] for s in json.loads((out / "report.json").read_text())["stages"]}
+
+
+def one_line_error(r: subprocess.CompletedProcess, *words: str, code: int = 2) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert lines and lines[-1].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[-1], (w, lines[-1])
+
+
+def test_plan_follows_the_inputs():
+    p = Path("x")
+    assert plan(RunInputs(particles=p, model=p)) == ["particles", "map", "enhance", "refine", "validate", "report"]
+    assert plan(RunInputs(map=p)) == ["map", "enhance", "report"]
+    assert plan(RunInputs(map=p, model=p, sequence=p)) == ["map", "enhance", "build", "refine", "validate", "report"]
+    assert plan(RunInputs(model=p)) == ["validate", "report"]
+
+
+def test_config_file_is_read_checked_and_overridden(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('resolution_A = 4\n[wizard]\nsymmetry = "C2"\ninitial_sizes = [300, 600]\n[wizard.engine]\nmpi = 5\n')
+    cfg, text = load_config(f, resolution_A=3.5)
+    assert cfg.resolution_A == 3.5 and cfg.wizard.symmetry == "C2" and cfg.wizard.engine.mpi == 5
+    assert cfg.wizard.initial_sizes == (300, 600) and cfg.refine.max_recycles == RunConfig().refine.max_recycles
+    assert "symmetry" in text
+    f.write_text("[refine]\nmax_recycle = 3\n")
+    with pytest.raises(Exception, match="unknown setting 'refine.max_recycle'"):
+        load_config(f)
+    f.write_text("[validate]\nq_score = 3\n")
+    with pytest.raises(Exception, match="true or false"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--particles", MODEL, "--map", MAP), ("particles or a map",)),
+        (("--model", MODEL, "--half-maps", MAP, MAP), ("half maps need the full map",)),
+        (("--map", MAP, "--model", MODEL), ("needs --resolution",)),
+        (("--map", MAP, "--sequence", "SEQ"), ("model building",)),
+        (("--map", MAP, "--model", MODEL, "--resolution", "3.2", "--sequence", "WRONG"), ("identity",)),
+        (
+            (
+                "--map",
+                "missing.mrc",
+            ),
+            ("no such file",),
+        ),
+        ((), ("nothing to do",)),
+    ],
+)
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, args, words):
+    seqs = {"SEQ": tmp_path / "s.fasta", "WRONG": tmp_path / "w.fasta"}
+    seqs["SEQ"].write_text(">s\nMKV\n")
+    seqs["WRONG"].write_text(">w\n" + "W" * 200 + "\n")
+    out = tmp_path / "run"
+    r = cli("--out", out, *(str(seqs.get(a, a)) for a in args))
+    one_line_error(r, *words)
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A map + model run, interrupted with Ctrl-C during refinement and then rerun to the end."""
+    d = tmp_path_factory.mktemp("pipeline")
+    toml = d / "quick.toml"
+    toml.write_text(QUICK_TOML)
+    out = d / "run"
+    args = [sys.executable, "-m", "cryostack.cli.main", "run", "--no-progress", "--out", str(out), "--map", MAP,
+            "--model", MODEL, "--config", str(toml)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = out / "03_refine" / "stage.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if record.is_file() and json.loads(record.read_text())["status"] == "running":
+            time.sleep(2.0)  # inside the refinement
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    interrupted = {"code": proc.returncode, "stderr": err, "stages": stages(out)}
+    r = cli("--out", out, "--map", MAP, "--model", MODEL, "--config", toml)
+    assert r.returncode == 0, r.stderr
+    return d, out, toml, interrupted
+
+
+def test_ctrl_c_exits_130_leaves_a_report_and_the_rerun_continues(finished):
+    _, out, _, interrupted = finished
+    assert interrupted["code"] == 130, interrupted["stderr"]
+    assert "interrupted" in interrupted["stderr"] and "Traceback" not in interrupted["stderr"]
+    assert interrupted["stages"]["map"] == "done" and interrupted["stages"]["refine"] == "running"
+    # the rerun reused the map stage and finished the rest
+    assert stages(out) == {"map": "reused", "enhance": "not available", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
+    rec = json.loads((out / "03_refine" / "stage.json").read_text())
+    assert rec["status"] == "done" and rec["params"]["max_recycles"] == 2
+    assert set(rec["inputs"]) == {"model", "map"} and all(len(v["sha256"]) == 64 for v in rec["inputs"].values())
+    assert {"cryostack", "torch", "gemmi"} <= set(rec["versions"]) and rec["wall_s"] > 0
+    assert (out / "03_refine" / "model.cif").is_file() and (out / "04_validate" / "validation.json").is_file()
+
+
+def test_report_of_the_run_renders_with_every_section(finished):
+    _, out, _, _ = finished
+    check = check_page(out / "report.html")
+    assert check.ok, check.errors
+    assert check.facts["sections"] == ["stages", "inputs", "map", "refinement", "model"]
+    assert check.facts["images"] >= 5  # slices, history, FSC, per-residue, Ramachandran
+    data = json.loads((out / "report.json").read_text())
+    assert data["parameters"]["refine"]["max_recycles"] == 2
+    assert "max_recycles = 2" in (out / "report.html").read_text()  # the config file printed back
+    v = data["validation"]["map_model"]
+    assert v["cc_mask"] > 0.5
+
+
+def test_a_rerun_reuses_everything_and_a_changed_setting_reruns_what_depends_on_it(finished):
+    d, out, toml, _ = finished
+    before = (out / "03_refine" / "model.cif").stat().st_mtime_ns
+    r = cli("--out", out, "--map", MAP, "--model", MODEL, "--config", toml)
+    assert r.returncode == 0, r.stderr
+    assert stages(out) == {"map": "reused", "enhance": "not available", "refine": "reused", "validate": "reused", "report": "done"}  # fmt: skip
+    assert (out / "03_refine" / "model.cif").stat().st_mtime_ns == before
+    changed = d / "q.toml"
+    changed.write_text(QUICK_TOML.replace("q_score = false", "q_score = true"))
+    r = cli("--out", out, "--map", MAP, "--model", MODEL, "--config", changed)
+    assert r.returncode == 0, r.stderr
+    # the Q-score is a validation setting, and the refinement's own report too
+    s = stages(out)
+    assert s["map"] == "reused" and s["refine"] == "done" and s["validate"] == "done"
+    assert json.loads((out / "04_validate" / "validation.json").read_text())["map_model"]["q_score"] is not None
+
+
+def test_a_folder_of_another_run_is_refused(finished, tmp_path):
+    _, out, toml, _ = finished
+    report = (out / "report.html").read_bytes()
+    other = tmp_path / "other.pdb"
+    other.write_text("REMARK another model\n" + Path(MODEL).read_text())
+    r = cli("--out", out, "--map", MAP, "--model", other, "--config", toml)
+    one_line_error(r, "holds a run of other inputs")
+    assert (out / "report.html").read_bytes() == report
+
+
+def test_a_failing_stage_is_named_its_log_kept_and_the_report_shows_what_finished(tmp_path):
+    m = read_map(SPIKE_NTD_MAP)
+    h = tmp_path / "h.mrc"
+    write_map(m.with_data(m.data + np.float32(0.01), source=None), h)
+    out = tmp_path / "run"
+    r = cli("--out", out, "--map", MAP, "--half-maps", h, h)
+    one_line_error(r, "stage map failed", "identical to the other half map", "stage.log")
+    assert "identical" in (out / "01_map" / "stage.log").read_text()
+    assert json.loads((out / "01_map" / "stage.json").read_text())["status"] == "failed"
+    assert stages(out)["map"] == "failed"
+    check = check_page(out / "report.html")
+    assert check.ok and check.facts["sections"][:2] == ["stages", "inputs"]
+    assert "stage map failed" in (out / "report.html").read_text()
+
+
+def test_half_maps_give_the_resolution_and_the_report_its_fsc(tmp_path):
+    rng = np.random.default_rng(0)
+    m = read_map(SPIKE_NTD_MAP)
+    halves = []
+    for i in (1, 2):
+        noise = rng.normal(0, 0.3 * m.data.std(), m.data.shape).astype(np.float32)
+        halves.append(write_map(m.with_data(m.data + noise, source=None), tmp_path / f"h{i}.mrc"))
+    out = tmp_path / "run"
+    r = cli("--out", out, "--map", MAP, "--half-maps", *halves)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "01_map" / "map_summary.json").read_text())
+    assert summary["resolution_A"] is not None and 2.0 < summary["resolution_A"] < 20
+    assert summary["fsc"]["mask"].startswith("soft sphere")
+    assert stages(out) == {"map": "done", "enhance": "not available", "report": "done"}

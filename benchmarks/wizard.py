@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cryostack.data.corpus import Corpus
-from cryostack.density.fourier import fourier_crop_or_pad
+from cryostack.density.align import align_maps
 from cryostack.density.fsc import fsc_curve, fsc_resolution
 from cryostack.io.maps import read_map
 from cryostack.io.particles import read_star
@@ -62,76 +62,13 @@ SCENARIOS = {
 # --- alignment to the truth --------------------------------------------------------------------
 
 
-def _rotate(vol: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """``vol`` (D, H, W) resampled under each rotation ``rot`` (B, 3, 3) about the box centre."""
-    theta = torch.cat([rot, torch.zeros(len(rot), 3, 1, dtype=rot.dtype)], dim=2)
-    grid = torch.nn.functional.affine_grid(theta, [len(rot), 1, *vol.shape], align_corners=False)
-    return torch.nn.functional.grid_sample(vol.expand(len(rot), 1, *vol.shape), grid, align_corners=False)[:, 0]
-
-
-def _best_shift_cc(batch: torch.Tensor, ref_f: torch.Tensor, ref_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best circular-shift CC of each volume in ``batch`` with the reference, and that shift."""
-    f = torch.fft.rfftn(batch - batch.mean(dim=(1, 2, 3), keepdim=True), dim=(1, 2, 3))
-    corr = torch.fft.irfftn(f * ref_f.conj(), s=batch.shape[1:], dim=(1, 2, 3))
-    norms = batch.flatten(1).std(dim=1) * np.sqrt(batch[0].numel()) * ref_norm
-    flat = corr.flatten(1)
-    best, idx = flat.max(dim=1)
-    return best / norms.clamp_min(1e-12), idx
-
-
-def align_to_truth(truth: np.ndarray, moving: np.ndarray, *, coarse_px: int = 32, n_rot: int = 3000, seed: int = 0):
-    """``moving`` rotated, shifted and (if better) mirrored onto ``truth`` (same box); a global
-    search over random rotations on a coarse copy, then a local one at full size."""
-    from scipy.spatial.transform import Rotation
-
-    n = truth.shape[0]
-    small = min(coarse_px, n)
-    t_c = torch.from_numpy(fourier_crop_or_pad(truth, small).astype(np.float32))
-    t_c = t_c - t_c.mean()
-    t_f = torch.fft.rfftn(t_c)
-    t_norm = float(t_c.std()) * np.sqrt(t_c.numel())
-    rots = torch.from_numpy(Rotation.random(n_rot, random_state=seed).as_matrix().astype(np.float32))
-    best = (-2.0, None, None)
-    for hand in (False, True):
-        vol = np.flip(moving, axis=0).copy() if hand else moving
-        v_c = torch.from_numpy(fourier_crop_or_pad(vol, small).astype(np.float32))
-        for lo in range(0, n_rot, 200):
-            cc, _ = _best_shift_cc(_rotate(v_c, rots[lo : lo + 200]), t_f, t_norm)
-            i = int(cc.argmax())
-            if float(cc[i]) > best[0]:
-                best = (float(cc[i]), hand, rots[lo + i])
-    _, hand, rot = best
-    vol = torch.from_numpy((np.flip(moving, axis=0).copy() if hand else moving).astype(np.float32))
-    t_full = torch.from_numpy(truth.astype(np.float32))
-    t_full = t_full - t_full.mean()
-    tf_full = torch.fft.rfftn(t_full)
-    tn_full = float(t_full.std()) * np.sqrt(t_full.numel())
-    # local refinement: small random turns about the best rotation, at full size
-    local = torch.from_numpy(
-        Rotation.from_rotvec(np.random.default_rng(seed).normal(scale=0.05, size=(300, 3)))
-        .as_matrix()
-        .astype(np.float32)
-    )
-    cands = torch.cat([rot[None], local @ rot], dim=0)
-    best_cc, best_rot, best_idx = -2.0, rot, 0
-    for lo in range(0, len(cands), 50):
-        cc, idx = _best_shift_cc(_rotate(vol, cands[lo : lo + 50]), tf_full, tn_full)
-        i = int(cc.argmax())
-        if float(cc[i]) > best_cc:
-            best_cc, best_rot, best_idx = float(cc[i]), cands[lo + i], int(idx[i])
-    aligned = _rotate(vol, best_rot[None])[0].numpy()
-    shift = np.unravel_index(best_idx, aligned.shape)
-    # corr[s] pairs moving(x + s) with truth(x)
-    aligned = np.roll(aligned, shift=tuple(-int(s) for s in shift), axis=(0, 1, 2))
-    return aligned, {"mirrored": bool(hand), "cc_full_box": round(best_cc, 4)}
-
-
 def compare_to_truth(map_path: Path, truth_path: Path, diameter_A: float) -> dict:
     m, t = read_map(map_path), read_map(truth_path)
     truth = t.data
     if truth.shape != m.data.shape:
         truth = read_map(resample_map_box(truth_path, m.data.shape[0], map_path.with_name("truth_resampled.mrc"))).data
-    aligned, info = align_to_truth(truth, m.data)
+    al = align_maps(truth, m.data)
+    aligned, info = al.aligned, {"mirrored": al.mirrored, "cc_full_box": round(al.cc, 4)}
     mask = soft_sphere_mask(truth.shape, m.voxel_size[0], diameter_A)
     a, b = aligned * mask, truth * mask
     cc = float(np.corrcoef(a[mask > 0.5], b[mask > 0.5])[0, 1])

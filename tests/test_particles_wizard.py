@@ -13,7 +13,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryostack.errors import InputError
+from cryostack.errors import CryostackError, InputError
 from cryostack.io.maps import DensityMap, read_map, write_map
 from cryostack.io.particles import read_star
 from cryostack.particles.engine import (
@@ -156,6 +156,29 @@ def test_bad_inputs_are_refused_before_any_engine_work(tiny_set, tmp_path, monke
         with pytest.raises(InputError, match="not empty"):
             run_wizard(tiny_set, tmp_path / "full", progress=False)
     assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_relative_paths_reach_relion_as_absolute_ones(tiny_set, tmp_path, monkeypatch):
+    """RELION runs inside each step's folder: a relative --out once sent it looking for
+    ``out/…/particles.star`` from there, and every reconstruction failed."""
+    import cryostack.particles.wizard as wizard_module
+    from cryostack.particles.engine import EngineError
+
+    seen: list[list[str]] = []
+
+    def record(name, folder, argv, **kw):
+        seen.append([str(a) for a in argv])
+        raise EngineError("stopped by the test")
+
+    monkeypatch.setattr(wizard_module, "run_step", record)
+    monkeypatch.setattr(EngineConfig, "check", lambda self: None)
+    monkeypatch.chdir(tmp_path)
+    rel = Path("particles.star")
+    rel.symlink_to(tiny_set)
+    with pytest.raises(CryostackError):
+        run_wizard(rel, Path("out"), progress=False)
+    inputs = [argv[argv.index("--i") + 1] for argv in seen if "--i" in argv]
+    assert inputs and all(Path(p).is_absolute() for p in inputs)
 
 
 # --- end to end --------------------------------------------------------------------------------

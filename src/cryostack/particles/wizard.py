@@ -504,7 +504,8 @@ def run_wizard(
 ) -> dict:
     """Run the wizard on ``particles`` (STAR or .cs) into the folder ``out``; returns the summary
     also written to ``out/final/log.json``."""
-    src, folder = Path(particles), Path(out)
+    # absolute: RELION runs in each step's own folder, where a relative path means something else
+    src, folder = Path(particles).resolve(), Path(out).resolve()
     if not src.is_file():
         raise InputError(src, "no such particle file")
     cfg = replace(cfg, symmetry=check_symmetry(cfg.symmetry))

@@ -6,6 +6,8 @@ Stages, in order, and when they run::
     map        a map (given or made)    grid facts, half-map FSC (0.143) and cFAR when halves exist
     enhance    (not in this release)    listed in the report as not available
     build      (not in this release)    a sequence without a model is refused up front
+    dock       particles and a model    the reconstruction (any orientation, either hand) aligned
+                                        onto the model's simulated map; half maps moved with it
     refine     a model and a map        cryostack refine -> refined model, before/after record
     validate   a model                  map fit (when a map exists), geometry, per residue
     report     always                   OUT/report.html (+ report.json)
@@ -33,7 +35,7 @@ from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.learn.provenance import sha256_file
 from cryostack.pipeline.config import RunConfig
 
-STAGES = ("particles", "map", "enhance", "build", "refine", "validate", "report")
+STAGES = ("particles", "map", "enhance", "build", "dock", "refine", "validate", "report")
 #: Stages of the mission not in this release: the plan lists them, the report says so.
 NOT_AVAILABLE = {
     "enhance": "map enhancement is not in this release yet",
@@ -95,7 +97,8 @@ def plan(inputs: RunInputs) -> list[str]:
     if inputs.sequence is not None:
         stages.append("build")
     if inputs.model is not None:
-        stages += (["refine"] if has_map else []) + ["validate"]
+        # a map from particles is in RELION's frame; a given map is taken to hold the model already
+        stages += (["dock"] if inputs.particles is not None else []) + (["refine"] if has_map else []) + ["validate"]
     return stages + ["report"]
 
 
@@ -290,6 +293,27 @@ class Run:
             return {"map_summary": folder / "map_summary.json"}, {"resolution_A": summary.get("resolution_A"), "cfar": summary.get("cfar")}  # fmt: skip
 
         return stage_inputs, {"fsc_threshold": 0.143}, fn
+
+    def _prepare_dock(self):
+        assert self.inputs.model is not None
+        m = self._map_inputs()
+        res = self._needs_resolution("docking")
+        stage_inputs = {"model": self.inputs.model, **{k: v for k, v in m.items() if k != "mask"}}
+
+        def fn(folder: Path):
+            from cryostack.density.align import dock_map_on_model
+            from cryostack.io.maps import read_map, write_map
+            from cryostack.io.models import read_structure
+
+            density = read_map(m["map"])
+            docked, al = dock_map_on_model(density, read_structure(self.inputs.model), res)
+            outputs = {"map": write_map(docked, folder / "map_docked.mrc")}
+            for k in ("half_map_1", "half_map_2"):
+                if k in m:
+                    outputs[k] = write_map(docked.with_data(al.apply(read_map(m[k]).data)), folder / f"{k}_docked.mrc")
+            return outputs, {"alignment": al.to_dict(), "resolution_A": res}
+
+        return stage_inputs, {"resolution_A": res, "seed": 0}, fn
 
     def _needs_resolution(self, what: str) -> float:
         if self.resolution_A is None:

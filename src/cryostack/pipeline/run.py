@@ -295,10 +295,11 @@ class Run:
         return stage_inputs, {"fsc_threshold": 0.143}, fn
 
     def _prepare_dock(self):
-        assert self.inputs.model is not None
+        model = self.inputs.model
+        assert model is not None
         m = self._map_inputs()
         res = self._needs_resolution("docking")
-        stage_inputs = {"model": self.inputs.model, **{k: v for k, v in m.items() if k != "mask"}}
+        stage_inputs = {"model": model, **{k: v for k, v in m.items() if k != "mask"}}
 
         def fn(folder: Path):
             from cryostack.density.align import dock_map_on_model
@@ -306,7 +307,7 @@ class Run:
             from cryostack.io.models import read_structure
 
             density = read_map(m["map"])
-            docked, al = dock_map_on_model(density, read_structure(self.inputs.model), res)
+            docked, al = dock_map_on_model(density, read_structure(model), res)
             outputs = {"map": write_map(docked, folder / "map_docked.mrc")}
             for k in ("half_map_1", "half_map_2"):
                 if k in m:

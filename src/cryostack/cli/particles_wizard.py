@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cryostack.cli.options import THREADS, apply_threads
+from cryostack.cli.options import DEVICE, THREADS, apply_threads, check_device
 
 
 def wizard(
@@ -32,6 +32,7 @@ def wizard(
     ),
     ranker: Path | None = typer.Option(None, "--ranker", help="Ranker checkpoint (default: the packaged one)."),
     seed: int = typer.Option(0, "--seed"),
+    device: str = DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue a run in --out (refuses another input)."),
     threads: int | None = THREADS,
     no_progress: bool = typer.Option(False, "--no-progress"),
@@ -59,6 +60,7 @@ def wizard(
         search_pixel_A=search_pixel,
         ranker=None if ranker is None else str(ranker),
         seed=seed,
+        device=check_device(device),
         engine=EngineConfig(mpi=mpi, threads=relion_threads),
     )
     summary = run_wizard(particles, out, cfg, resume=resume, progress=not no_progress)

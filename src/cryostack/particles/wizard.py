@@ -82,6 +82,8 @@ class WizardConfig:
     initial_lowpass_A: float = 30.0
     seed: int = 0
     ranker: str | None = None
+    #: Where the ranker runs (``cpu``, ``cuda``, ``cuda:N``); RELION is set by ``engine``.
+    device: str = "cpu"
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def to_dict(self) -> dict:
@@ -347,7 +349,12 @@ class Wizard:
         if not (ranked.is_file() and feats_path.is_file()):
             # a STAR record for STAR and .cs input alike: the scores are read back from it on resume
             rank_particles(
-                self.src, ranked, checkpoint=self.cfg.ranker, progress=self.progress, features_out=feats_path
+                self.src,
+                ranked,
+                checkpoint=self.cfg.ranker,
+                progress=self.progress,
+                features_out=feats_path,
+                device=self.cfg.device,
             )
         scored = read_particles(ranked)
         return scored.column("rlnCryostackScore").astype(np.float64), np.load(feats_path)

@@ -259,7 +259,7 @@ class Run:
     def _prepare_particles(self):
         src = self.inputs.particles
         assert src is not None
-        wcfg = self.cfg.wizard
+        wcfg = replace(self.cfg.wizard, device=self.cfg.device)
 
         def fn(folder: Path):
             from cryostack.particles.wizard import run_wizard

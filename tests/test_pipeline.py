@@ -202,3 +202,61 @@ def test_half_maps_give_the_resolution_and_the_report_its_fsc(tmp_path):
     assert summary["resolution_A"] is not None and 2.0 < summary["resolution_A"] < 20
     assert summary["fsc"]["mask"].startswith("soft sphere")
     assert stages(out) == {"map": "done", "enhance": "not available", "report": "done"}
+
+
+def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
+    """The chain after the wizard, with the wizard replaced by a reconstruction in RELION's frame
+    (origin 0, turned and mirrored): the wizard itself is tested end to end with RELION in
+    test_particles_wizard.py. The dock stage must find the hand and put the map on the model."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    import cryostack.particles.wizard as wizard_module
+    from cryostack.density.align import rotate_volumes
+    from cryostack.density.simulate import simulate_model_map
+    from cryostack.io.maps import DensityMap, GridSpec
+    from cryostack.io.models import read_structure
+    from cryostack.particles.engine import EngineConfig
+    from cryostack.pipeline.run import run_pipeline
+
+    n, v, res = 40, 3.0, 8.0
+    st = read_structure(SPIKE_NTD_MODEL)
+    c = st.atoms().coords
+    grid = GridSpec((n, n, n), (v, v, v), tuple(0.5 * (c.min(axis=0) + c.max(axis=0)) - 0.5 * n * v))
+    truth = simulate_model_map(st, grid, res)
+    rot = torch.from_numpy(Rotation.random(random_state=2).as_matrix().astype(np.float32))
+    turned = np.flip(rotate_volumes(torch.from_numpy(truth), rot[None])[0].numpy(), axis=0)
+    rng = np.random.default_rng(0)
+
+    def fake_wizard(particles, out, cfg, *, resume=False, progress=True):
+        final = Path(out) / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        for name, sd in (("map.mrc", 0.0), ("half1.mrc", 0.2), ("half2.mrc", 0.2)):
+            data = turned + rng.normal(0, sd * turned.std(), turned.shape)
+            write_map(DensityMap(data=data.astype(np.float32), voxel_size=(v, v, v)), final / name)
+        write_map(DensityMap(data=np.ones_like(turned), voxel_size=(v, v, v)), final / "mask.mrc")
+        summary = {"input": str(particles), "particles": 100, "chosen": 60, "subsets": [],
+                   "final": {"resolution_A": res, "cfar": 0.6}, "notes": []}  # fmt: skip
+        (final / "log.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(wizard_module, "run_wizard", fake_wizard)
+    monkeypatch.setattr(EngineConfig, "check", lambda self: None)
+    star = tmp_path / "particles.star"
+    star.write_text("# stands in for a particle file: the wizard is replaced\n")
+    cfg, _ = load_config(None)
+    cfg = RunConfig(resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False))
+    out = tmp_path / "run"
+    report = run_pipeline(out, RunInputs(particles=star, model=Path(MODEL)), cfg, progress=False)
+    assert stages(out) == {"particles": "done", "map": "done", "enhance": "not available", "dock": "done", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
+    dock = json.loads((out / "04_dock" / "stage.json").read_text())
+    assert dock["info"]["alignment"]["mirrored"] is True and dock["info"]["alignment"]["cc"] > 0.8
+    docked = read_map(out / "04_dock" / "map_docked.mrc")
+    assert docked.voxel_size == (v, v, v) and np.allclose(docked.origin, grid.origin, atol=v)
+    refine = json.loads((out / "05_refine" / "stage.json").read_text())
+    assert refine["inputs"]["map"]["path"].endswith("map_docked.mrc")
+    v_cc = json.loads((out / "06_validate" / "validation.json").read_text())["map_model"]["cc_mask"]
+    assert v_cc > 0.5  # the model sits in the docked map
+    check = check_page(report)
+    assert check.ok, check.errors
+    assert check.facts["sections"] == ["stages", "inputs", "particles", "map", "refinement", "model"]

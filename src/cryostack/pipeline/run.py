@@ -206,7 +206,14 @@ class Run:
             return
         folder = self.out / f"{index + 1:02d}_{rec.stage}"
         rec.folder = str(folder.relative_to(self.out))
-        stage_inputs, params, fn = getattr(self, f"_prepare_{rec.stage}")()
+        log = folder / "stage.log"
+        try:
+            stage_inputs, params, fn = getattr(self, f"_prepare_{rec.stage}")()
+        except CryostackError as exc:  # e.g. no resolution to refine at: refused before any work
+            folder.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{exc}\n")
+            rec.status, rec.error = "failed", str(exc)
+            raise StageFailed(rec.stage, exc, log) from exc
         rec.inputs = {k: _file_record(p) for k, p in stage_inputs.items()}
         rec.params = jsonable(params)
         record_path = folder / "stage.json"
@@ -226,7 +233,6 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         rec.status = "running"
         self._write_record(rec, folder)
-        log = folder / "stage.log"
         t0 = time.perf_counter()
         try:
             outputs, info = fn(folder)
@@ -254,6 +260,9 @@ class Run:
             self.products[k] = folder / v
         if rec.info.get("resolution_A") and self.resolution_A is None:
             self.resolution_A = float(rec.info["resolution_A"])
+            self.notes.append(f"resolution {self.resolution_A:.2f} Å (FSC 0.143) measured by the {rec.stage} stage; used from there on")  # fmt: skip
+        if rec.info.get("note"):
+            self.notes.append(f"{rec.stage}: {rec.info['note']}")
 
     # -- what each stage needs and does: (inputs, parameters, fn(folder) -> (outputs, info)) --
     def _prepare_particles(self):
@@ -312,7 +321,11 @@ class Run:
             for k in ("half_map_1", "half_map_2"):
                 if k in m:
                     outputs[k] = write_map(docked.with_data(al.apply(read_map(m[k]).data)), folder / f"{k}_docked.mrc")
-            return outputs, {"alignment": al.to_dict(), "resolution_A": res}
+            hand = (
+                "the mirror image of the reconstruction (its hand was wrong) " if al.mirrored else "the reconstruction "
+            )
+            note = f"{hand}was aligned onto the model's map at {res:.1f} Å: CC {al.cc:.3f} (other hand {al.cc_other_hand:.3f})"
+            return outputs, {"alignment": al.to_dict(), "resolution_A": res, "note": note}
 
         return stage_inputs, {"resolution_A": res, "seed": 0}, fn
 

@@ -245,7 +245,9 @@ def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
     star = tmp_path / "particles.star"
     star.write_text("# stands in for a particle file: the wizard is replaced\n")
     cfg, _ = load_config(None)
-    cfg = RunConfig(resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False))
+    cfg = RunConfig(
+        resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False)
+    )
     out = tmp_path / "run"
     report = run_pipeline(out, RunInputs(particles=star, model=Path(MODEL)), cfg, progress=False)
     assert stages(out) == {"particles": "done", "map": "done", "enhance": "not available", "dock": "done", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip

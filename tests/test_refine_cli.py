@@ -102,6 +102,11 @@ def test_refine_writes_model_and_reports(case):
     assert report["after"]["map_model"]["cc_mask"] > report["before"]["map_model"]["cc_mask"]
     assert len(report["refinement"]["history"]) >= 2
     assert (d / "refined_report.txt").read_text().startswith("cryostack refine")
+    from cryostack.report.browser import check_page
+
+    page = check_page(d / "refined_report.html")
+    assert page.ok, page.errors
+    assert page.facts["sections"] == ["inputs", "refinement", "map", "model"]
 
 
 @pytest.mark.parametrize(

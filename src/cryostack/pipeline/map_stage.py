@@ -54,6 +54,10 @@ def map_summary(files: dict[str, Path], out: Path, fsc_threshold: float = 0.143)
         summary["fsc"] = {"freq_per_A": freq, "fsc": curve, "resolution_A": res, "mask": mask_note}
         summary["resolution_A"] = res
         summary["cfar"] = {"cfar": None if cf is None else float(cf.cfar), "note": cf_note}
+        if cf is not None:
+            from cryostack.density.cfar import plot_fsc_sphere
+
+            summary["fsc_sphere_png"] = str(plot_fsc_sphere(cf, out.with_name("fsc_sphere.png")))
     with atomic_output(out) as tmp:
         tmp.write_text(json.dumps(jsonable(summary), indent=1))
     return summary

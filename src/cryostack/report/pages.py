@@ -112,7 +112,7 @@ def run_page(
     summary = load("map_summary")
     if summary is not None:
         density = read_map(summary["map"]["path"])
-        sphere = Path(products["wizard_log"]).parent / "fsc_sphere.png" if wizard is not None else None
+        sphere = Path(summary["fsc_sphere_png"]) if summary.get("fsc_sphere_png") else None
         extra = [(sphere, "conical FSC areas over the sphere (3D FSC)")] if sphere and sphere.is_file() else []
         sections.append(map_section(density, fsc=summary.get("fsc"), cfar=summary.get("cfar"), extra_images=extra))
         data["map"] = summary

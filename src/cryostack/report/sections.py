@@ -293,7 +293,7 @@ def _history_figure(hist: Sequence[Mapping]):
 # -- particles ------------------------------------------------------------------------------------
 def particles_section(summary: Mapping, folder: Path, scores: np.ndarray | None = None) -> Section:
     """The wizard's run: particle counts, score histogram, every subset tried (resolution and cFAR
-    vs size), the subset plot and the final map's 3D FSC summary."""
+    vs size) and the subset plot (the final map's 3D FSC is in the map section)."""
     s = Section("Particles (CryoWizard on RELION)", "particles")
     final = summary.get("final") or {}
     s.add(
@@ -324,8 +324,6 @@ def particles_section(summary: Mapping, folder: Path, scores: np.ndarray | None 
     ]  # fmt: skip
     s.add("<h3>Subsets reconstructed</h3>", table(["stage", "subset", "particles", "resolution (Å)", "cFAR", "seconds", "note"], rows))  # fmt: skip
     s.add(png_file_img(folder / "subsets.png", "resolution and cFAR against subset size"))
-    if (folder / "fsc_sphere.png").is_file():
-        s.add(png_file_img(folder / "fsc_sphere.png", "final map: conical FSC areas over the sphere (3D FSC)"))
     return s
 
 

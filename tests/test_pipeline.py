@@ -16,6 +16,7 @@ import pytest
 
 from cryostack.examples import SPIKE_NTD_MAP, SPIKE_NTD_MODEL
 from cryostack.io.maps import read_map, write_map
+from cryostack.particles.wizard import FINAL_SAMPLING, SEARCH_SAMPLING
 from cryostack.pipeline.config import RunConfig, load_config
 from cryostack.pipeline.run import RunInputs, plan
 from cryostack.report.browser import check_page
@@ -57,6 +58,11 @@ def test_config_file_is_read_checked_and_overridden(tmp_path):
     cfg, text = load_config(f, resolution_A=3.5)
     assert cfg.resolution_A == 3.5 and cfg.wizard.symmetry == "C2" and cfg.wizard.engine.mpi == 5
     assert cfg.wizard.initial_sizes == (300, 600) and cfg.refine.max_recycles == RunConfig().refine.max_recycles
+    f.write_text("[wizard.search]\ninitial_iterations = [4, 12, 4]\n")
+    search = load_config(f)[0].wizard.search
+    # a partial table changes only what it names: the rest stays the wizard's search sampling
+    assert search.initial_iterations == (4, 12, 4)
+    assert search.healpix_order == SEARCH_SAMPLING.healpix_order != FINAL_SAMPLING.healpix_order
     assert "symmetry" in text
     f.write_text("[refine]\nmax_recycle = 3\n")
     with pytest.raises(Exception, match="unknown setting 'refine.max_recycle'"):

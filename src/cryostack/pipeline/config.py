@@ -86,9 +86,12 @@ def load_config(path: str | Path | None, **overrides: Any) -> tuple[RunConfig, s
     return _build(RunConfig, raw, path, ""), text
 
 
-def _build(cls, values: dict, path: Path | None, where: str):
+def _build(cls, values: dict, path: Path | None, where: str, defaults=None):
+    """``defaults`` (an instance of ``cls``) with ``values`` replaced; nested tables start from
+    the field's own default (``[wizard.search]`` from the wizard's search sampling, not from a
+    bare ``Sampling()``)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     kwargs = {}
     for key, value in values.items():
         name = f"{where}{key}"
@@ -99,10 +102,10 @@ def _build(cls, values: dict, path: Path | None, where: str):
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise InputError(path, f"{name} must be a table ([{name}])")
-            kwargs[key] = _build(type(default), value, path, f"{name}.")
+            kwargs[key] = _build(type(default), value, path, f"{name}.", default)
         else:
             kwargs[key] = _coerce(value, default, name, path)
-    return cls(**kwargs)
+    return dataclasses.replace(defaults, **kwargs)
 
 
 def _coerce(value: Any, default: Any, name: str, path: Path | None) -> Any:

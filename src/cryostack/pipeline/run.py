@@ -43,6 +43,10 @@ NOT_AVAILABLE = {
 }
 
 
+#: Docking: the chosen hand must fit better than the mirror image by this much CC to count as decided.
+HAND_MARGIN = 0.02
+
+
 class StageFailed(CryostackError):
     """A stage stopped the run; ``exit_code`` 2 when the stage refused an input, 1 for a bug."""
 
@@ -325,6 +329,8 @@ class Run:
                 "the mirror image of the reconstruction (its hand was wrong) " if al.mirrored else "the reconstruction "
             )
             note = f"{hand}was aligned onto the model's map at {res:.1f} Å: CC {al.cc:.3f} (other hand {al.cc_other_hand:.3f})"
+            if al.cc - al.cc_other_hand < HAND_MARGIN:
+                note += "; the hands fit almost equally well, so the hand is not decided at this resolution"
             return outputs, {"alignment": al.to_dict(), "resolution_A": res, "note": note}
 
         return stage_inputs, {"resolution_A": res, "seed": 0}, fn

@@ -94,7 +94,9 @@ def map_section(
     s.add(figure_img(_slices_figure([(density, "")] + ([(compare, compare_label)] if compare is not None else [])),
                      "central slices (z, y, x) and the projection along z; grey scale from the 1st to the 99.9th percentile"))  # fmt: skip
     if fsc is not None and fsc.get("fsc"):
-        s.add(figure_img(_fsc_figure(fsc), "half-map FSC; 0.143 (dotted) and 0.5 (dashed) marked"))
+        label = f"half maps ({fmt(fsc.get('resolution_A'), '{:.2f}')} Å at 0.143)"
+        fig = fsc_figure([(label, fsc["freq_per_A"], fsc["fsc"])])
+        s.add(figure_img(fig, "half-map FSC; 0.143 (dotted) and 0.5 (dashed) marked"))
     if cfar is not None:
         value = cfar.get("cfar")
         s.add(
@@ -131,13 +133,12 @@ def _slices_figure(maps: Sequence[tuple[DensityMap, str]]):
     return fig
 
 
-def _fsc_figure(curves: Mapping, extra: Sequence[tuple[str, Mapping]] = ()):
+def fsc_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]]):
+    """FSC curves ``(label, frequencies 1/Å, FSC)`` with the 0.143 (dotted) and 0.5 (dashed) lines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    label = f"half maps ({fmt(curves.get('resolution_A'), '{:.2f}')} Å at 0.143)"
-    ax.plot(curves["freq_per_A"], curves["fsc"], label=label)
-    for name, c in extra:
-        ax.plot(c["freq_per_A"], c["fsc"], label=name)
+    for label, freq, fsc in curves:
+        ax.plot(freq, fsc, label=label)
     ax.axhline(0.143, ls=":", c="grey", lw=0.9)
     ax.axhline(0.5, ls="--", c="grey", lw=0.9)
     ax.set_xlabel("spatial frequency (1/Å)")
@@ -162,26 +163,13 @@ def validation_section(
         s.add(note(n))
     mm = d.get("map_model")
     if mm:
-        curves = {
-            "freq_per_A": mm["fsc_curve"]["spatial_frequency_per_A"],
-            "fsc": mm["fsc_curve"]["fsc"],
-        }
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot(
-            curves["freq_per_A"],
-            curves["fsc"],
-            label=f"map vs model ({fmt(mm.get('fsc05_resolution'), '{:.2f}')} Å at 0.5)",
-        )
+        c = mm["fsc_curve"]
+        curves = [(f"map vs model ({fmt(mm.get('fsc05_resolution'), '{:.2f}')} Å at 0.5)", c["spatial_frequency_per_A"], c["fsc"])]  # fmt: skip
         if mm.get("half_map_fsc_curve"):
             h = mm["half_map_fsc_curve"]
-            ax.plot(h["spatial_frequency_per_A"], h["fsc"], label=f"half map 1 vs 2 ({fmt(mm.get('half_map_fsc0143_resolution'), '{:.2f}')} Å at 0.143)")  # fmt: skip
-        ax.axhline(0.5, ls="--", c="grey", lw=0.9)
-        ax.axhline(0.143, ls=":", c="grey", lw=0.9)
-        ax.set_xlabel("spatial frequency (1/Å)")
-        ax.set_ylabel("FSC")
-        ax.set_ylim(-0.1, 1.05)
-        ax.legend(fontsize=8)
+            res = fmt(mm.get("half_map_fsc0143_resolution"), "{:.2f}")
+            curves.append((f"half map 1 vs 2 ({res} Å at 0.143)", h["spatial_frequency_per_A"], h["fsc"]))
+        fig = fsc_figure(curves)
         s.add(figure_img(fig, "map–model FSC (0.5 dashed) and half-map FSC (0.143 dotted)"))
         if mm.get("per_residue"):
             s.add(figure_img(per_residue_figure(mm["per_residue"]), "per-residue CC and Q-score along each chain"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def _build(cls, values: dict, path: Path | None, where: str, defaults=None):
     the field's own default (``[wizard.search]`` from the wizard's search sampling, not from a
     bare ``Sampling()``)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     defaults = cls() if defaults is None else defaults
     kwargs = {}
     for key, value in values.items():
@@ -104,6 +106,9 @@ def _build(cls, values: dict, path: Path | None, where: str, defaults=None):
                 raise InputError(path, f"{name} must be a table ([{name}])")
             kwargs[key] = _build(type(default), value, path, f"{name}.", default)
         else:
+            # the declared type decides (a float setting whose default happens to be an int)
+            if hints.get(key) is float and isinstance(value, int | float) and not isinstance(value, bool):
+                value, default = float(value), float(default)
             kwargs[key] = _coerce(value, default, name, path)
     return dataclasses.replace(defaults, **kwargs)
 

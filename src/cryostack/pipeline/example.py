@@ -37,9 +37,12 @@ min_subset = 100
 n_parts = 2               # stage 3: the top half and all of the kept particles
 mask_diameter_A = 100.0   # the NTD is about 60 Å across, in a 144 Å box
 
-[wizard.search]           # initial model: 4/12/4 SGD iterations instead of 10/40/10
-initial_iterations = [4, 12, 4]
-initial_subsets = [50, 150]
+[wizard.search]           # initial model: 4/12/4 SGD iterations instead of 10/40/10;
+initial_iterations = [4, 12, 4]   # auto-refine from 7.5° (measured 25.5 min for the whole
+initial_subsets = [50, 150]       # example; from the default 15° it took over 30 min here)
+healpix_order = 2
+local_healpix_order = 4
+offset_range_px = 5.0
 
 [wizard.final]            # final refinement at 7.5° instead of 3.75° sampling
 healpix_order = 1

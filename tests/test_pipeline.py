@@ -46,7 +46,15 @@ def one_line_error(r: subprocess.CompletedProcess, *words: str, code: int = 2) -
 
 def test_plan_follows_the_inputs():
     p = Path("x")
-    assert plan(RunInputs(particles=p, model=p)) == ["particles", "map", "enhance", "refine", "validate", "report"]
+    assert plan(RunInputs(particles=p, model=p)) == [
+        "particles",
+        "map",
+        "enhance",
+        "dock",
+        "refine",
+        "validate",
+        "report",
+    ]
     assert plan(RunInputs(map=p)) == ["map", "enhance", "report"]
     assert plan(RunInputs(map=p, model=p, sequence=p)) == ["map", "enhance", "build", "refine", "validate", "report"]
     assert plan(RunInputs(model=p)) == ["validate", "report"]

@@ -44,9 +44,10 @@ healpix_order = 2
 local_healpix_order = 4
 offset_range_px = 5.0
 
-[wizard.final]            # final refinement at 7.5° instead of 3.75° sampling
-healpix_order = 1
+[wizard.final]            # final refinement from 15° (local 3.75°) instead of 7.5° (local 0.9°),
+healpix_order = 1         # offsets in 2 px steps instead of 1 px
 local_healpix_order = 3
+offset_step_px = 2.0
 
 [refine]
 max_recycles = 4

@@ -111,3 +111,21 @@ def test_chromium_reports_script_errors_and_broken_images(tmp_path):
     assert not check.ok
     assert any("boom" in e for e in check.errors) and any("undefinedFunction" in e for e in check.errors)
     assert check.facts["broken_images"] == 1
+
+
+def test_particles_section_shows_every_reconstructed_subset(tmp_path):
+    import numpy as np
+
+    from cryostack.io.maps import DensityMap, write_map
+    from cryostack.report.sections import particles_section
+
+    subsets = []
+    for i, stage in enumerate(("initial", "rescue", "final")):
+        path = write_map(DensityMap(data=np.random.default_rng(i).normal(size=(16, 16, 16)).astype(np.float32), voxel_size=(3.0,) * 3), tmp_path / f"m{i}.mrc")  # fmt: skip
+        subsets.append({"stage": stage, "name": f"s{i}", "size": 100 * (i + 1), "resolution_A": 20.0 - i, "cfar": None,
+                        "seconds": 1.0, "result": {"map": str(path)}})  # fmt: skip
+    subsets.append({"stage": "rescue", "name": "failed", "size": 50, "resolution_A": None, "note": "engine failed"})
+    summary = {"particles": 400, "chosen": 300, "subsets": subsets, "final": {"resolution_A": 18.0}}
+    html = particles_section(summary, tmp_path, scores=np.linspace(0, 1, 400)).html()
+    assert html.count("<img") == 2  # the histogram and the subset views (subsets.png is absent: a note)
+    assert "subsets.png was not produced" in html and "engine failed" in html and "cluster" in html

@@ -312,7 +312,40 @@ def particles_section(summary: Mapping, folder: Path, scores: np.ndarray | None 
     ]  # fmt: skip
     s.add("<h3>Subsets reconstructed</h3>", table(["stage", "subset", "particles", "resolution (Å)", "cFAR", "seconds", "note"], rows))  # fmt: skip
     s.add(png_file_img(folder / "subsets.png", "resolution and cFAR against subset size"))
+    views = [r for r in summary.get("subsets", []) if Path(str((r.get("result") or {}).get("map", ""))).is_file()]
+    if views:
+        s.add(
+            figure_img(
+                _subset_views_figure(views[:MAX_SUBSET_VIEWS]),
+                "each reconstructed subset (initial models, searches, rescue clusters): central z slice "
+                "and projection along z, in RELION's frame"
+                + (f"; the first {MAX_SUBSET_VIEWS} of {len(views)}" if len(views) > MAX_SUBSET_VIEWS else ""),
+            )
+        )
     return s
+
+
+#: Subset maps shown as views in the particles section (each a slice and a projection).
+MAX_SUBSET_VIEWS = 12
+
+
+def _subset_views_figure(runs: Sequence[Mapping]):
+    from cryostack.io.maps import read_map
+
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(runs), figsize=(1.9 * len(runs) + 0.5, 4.0), squeeze=False)
+    for col, r in enumerate(runs):
+        d = read_map(r["result"]["map"]).data
+        lo, hi = np.percentile(d, [1, 99.9])
+        axes[0, col].imshow(d[d.shape[0] // 2], cmap="gray", vmin=lo, vmax=hi, origin="lower")
+        axes[1, col].imshow(d.sum(axis=0), cmap="gray", origin="lower")
+        res = fmt(r.get("resolution_A"), "{:.1f}")
+        axes[0, col].set_title(f"{r.get('stage')}\n{r.get('name')}: {r.get('size')}\n{res} Å", fontsize=7)
+        for ax in axes[:, col]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
 
 
 def stages_section(records: Sequence[Mapping], failure: Mapping | None = None) -> Section:

@@ -31,6 +31,7 @@ def validate(
     from rich.console import Console
 
     from cryostack.io.atomic import check_writable
+    from cryostack.io.maps import read_map
     from cryostack.validate.api import validate as run_validate
     from cryostack.validate.report import text_table, write_plots
     from cryostack.validate.stages import Stages
@@ -52,9 +53,11 @@ def validate(
     console = Console(stderr=True)
     with console.status("validating") as status:
         stages = Stages(on_start=lambda name: status.update(f"validating: {name}"))
+        # read once: the validation and the HTML report's map section use the same map
+        density = read_map(map_path) if map_path is not None else None
         result = run_validate(
             model,
-            density=map_path,
+            density=density,
             resolution_A=resolution,
             half_maps=half_maps,
             reference=reference,
@@ -65,14 +68,13 @@ def validate(
             status.update("validating: plots")
             write_plots(result, plots)
         if html is not None:
-            from cryostack.io.maps import read_map
             from cryostack.report.pages import validation_page
 
             status.update("validating: HTML report")
             validation_page(
                 result,
                 html,
-                density=read_map(map_path) if map_path is not None else None,
+                density=density,
                 inputs={k: str(v) for k, v in (("model", model), ("map", map_path), ("reference", reference)) if v},
                 parameters={
                     "resolution_A": resolution,

@@ -69,6 +69,17 @@ def check_grid_size(shape: tuple[int, ...], *, where: str | Path | None = None) 
         )
 
 
+def check_half_maps(density: DensityMap, halves) -> None:
+    """Refuse half maps on another grid (shape or voxel size) than ``density``."""
+    for h in halves:
+        if h.shape != density.shape or any(abs(a - b) > 1e-3 for a, b in zip(h.voxel_size, density.voxel_size)):
+            raise InputError(
+                h.source,
+                f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
+                f"differs from the map's {density.shape[::-1]} at {density.voxel_size[0]:.3f} Å",
+            )
+
+
 def check_map_values(density: DensityMap) -> None:
     """Refuse a map with non-finite values or no variation (all zero, constant): nothing to fit."""
     where = density.source or "map"

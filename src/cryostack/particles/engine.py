@@ -389,6 +389,16 @@ def robust_cfar(
     return None, f"not measurable: {reason}"
 
 
+def judge_half_maps(
+    half1: DensityMap, half2: DensityMap, mask: np.ndarray, fsc_threshold: float = 0.143
+) -> tuple[np.ndarray, np.ndarray, float | None, CFARResult | None, str]:
+    """Masked half-map FSC and cFAR: ``(freq 1/Å, FSC, resolution Å or None, cFAR result or None,
+    cFAR note)``."""
+    freq, curve = fsc_curve(half1.data * mask, half2.data * mask, half1.voxel_size)
+    cf, note = robust_cfar(half1, half2, mask, fsc_threshold)
+    return freq, curve, fsc_resolution(freq, curve, fsc_threshold), cf, note
+
+
 def judge_refinement(
     folder: Path, *, diameter_A: float, prefix: str = "run", fsc_threshold: float = 0.143
 ) -> MapJudgement:
@@ -400,9 +410,7 @@ def judge_refinement(
             raise EngineError(f"the refinement in {folder} did not write {p.name}; see {folder / 'engine.log'}")
     m1, m2 = read_map(half1), read_map(half2)
     mask = soft_sphere_mask(m1.data.shape, m1.voxel_size[0], diameter_A)
-    freq, curve = fsc_curve(m1.data * mask, m2.data * mask, m1.voxel_size)
-    res = fsc_resolution(freq, curve, fsc_threshold)
-    result, note = robust_cfar(m1, m2, mask, fsc_threshold)
+    freq, curve, res, result, note = judge_half_maps(m1, m2, mask, fsc_threshold)
     return MapJudgement(
         map_path=final,
         half1=half1,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryostack.examples import SPIKE_NTD_MODEL
 from cryostack.io.atomic import atomic_output
+from cryostack.pipeline.demo import NOISE_A, SHIFT_A  # the start model is perturbed as in `cryostack demo`
 from cryostack.pipeline.run import RunInputs
 
 #: Particle images of the example: few and small, at a noise level a good data set would have.
@@ -22,9 +23,6 @@ BOX_PX = 48
 PIXEL_A = 3.0
 SNR = 0.1
 JUNK_FRACTION = 0.25
-#: The starting model: per-atom noise (Å per axis) and a rigid shift (Å), as in ``cryostack demo``.
-NOISE_A = 0.3
-SHIFT_A = (1.0, -0.8, 0.6)
 
 #: Settings of the example run (printed back in its report).
 EXAMPLE_TOML = """\

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cryostack.density.checks import check_map_values
-from cryostack.density.fsc import fsc_curve, fsc_resolution
+from cryostack.density.checks import check_half_maps, check_map_values
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.io.maps import read_map
-from cryostack.particles.engine import robust_cfar, soft_sphere_mask
+from cryostack.particles.engine import judge_half_maps, soft_sphere_mask
 
 #: Without a mask of its own, the half-map FSC is taken in a soft sphere of this fraction of the
 #: smallest box edge: a loose mask, so the resolution is conservative rather than inflated.
@@ -36,9 +35,7 @@ def map_summary(files: dict[str, Path], out: Path, fsc_threshold: float = 0.143)
     }
     if "half_map_1" in files:
         h1, h2 = read_map(files["half_map_1"]), read_map(files["half_map_2"])
-        for h in (h1, h2):
-            if h.shape != density.shape or not np.allclose(h.voxel_size, density.voxel_size, atol=1e-3):
-                raise InputError(h.source, f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å differs from the map's {density.shape[::-1]} at {density.voxel_size[0]:.3f} Å")  # fmt: skip
+        check_half_maps(density, (h1, h2))
         if np.array_equal(h1.data, h2.data):
             raise InputError(h2.source, "is identical to the other half map: no FSC can be measured")
         if "mask" in files:
@@ -48,9 +45,7 @@ def map_summary(files: dict[str, Path], out: Path, fsc_threshold: float = 0.143)
             d_A = SPHERE_FRACTION * min(n * v for n, v in zip(density.shape, density.voxel_size[::-1]))
             mask = soft_sphere_mask(density.shape, density.voxel_size[0], d_A)
             mask_note = f"soft sphere of {d_A:.0f} Å diameter"
-        freq, curve = fsc_curve(h1.data * mask, h2.data * mask, h1.voxel_size)
-        res = fsc_resolution(freq, curve, fsc_threshold)
-        cf, cf_note = robust_cfar(h1, h2, mask, fsc_threshold)
+        freq, curve, res, cf, cf_note = judge_half_maps(h1, h2, mask, fsc_threshold)
         summary["fsc"] = {"freq_per_A": freq, "fsc": curve, "resolution_A": res, "mask": mask_note}
         summary["resolution_A"] = res
         summary["cfar"] = {"cfar": None if cf is None else float(cf.cfar), "note": cf_note}

@@ -22,6 +22,7 @@ other inputs is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -87,7 +88,12 @@ class StageRecord:
     error: str | None = None
 
     def key(self) -> dict:
-        return {"inputs": {k: v["sha256"] for k, v in self.inputs.items()}, "params": self.params}
+        return stage_key(self.__dict__)
+
+
+def stage_key(record: dict) -> dict:
+    """What decides whether a stage's earlier work still holds: its inputs' hashes and parameters."""
+    return {"inputs": {k: v["sha256"] for k, v in record.get("inputs", {}).items()}, "params": record.get("params")}
 
 
 def plan(inputs: RunInputs) -> list[str]:
@@ -136,6 +142,7 @@ def _file_record(path: Path) -> dict:
     return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
+@functools.cache
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -222,7 +229,7 @@ class Run:
         rec.params = jsonable(params)
         record_path = folder / "stage.json"
         old = json.loads(record_path.read_text()) if record_path.is_file() else None
-        same = old is not None and {"inputs": {k: v["sha256"] for k, v in old.get("inputs", {}).items()}, "params": old.get("params")} == rec.key()  # fmt: skip
+        same = old is not None and stage_key(old) == rec.key()
         if (
             same
             and old is not None
@@ -286,9 +293,10 @@ class Run:
 
         return {"particles": src}, wcfg.to_dict(), fn
 
-    def _map_inputs(self) -> dict[str, Path]:
+    def _map_inputs(self, *, mask: bool = False) -> dict[str, Path]:
+        """The current map and its half maps (and the wizard's mask with ``mask``), given or made."""
         if "map" in self.products:
-            names = ("map", "half_map_1", "half_map_2", "mask")
+            names = ("map", "half_map_1", "half_map_2") + (("mask",) if mask else ())
             return {k: self.products[k] for k in names if k in self.products}
         assert self.inputs.map is not None
         d = {"map": self.inputs.map}
@@ -296,8 +304,12 @@ class Run:
             d["half_map_1"], d["half_map_2"] = self.inputs.half_maps
         return d
 
+    @staticmethod
+    def _halves(files: dict[str, Path]) -> tuple[Path, Path] | None:
+        return (files["half_map_1"], files["half_map_2"]) if "half_map_1" in files else None
+
     def _prepare_map(self):
-        stage_inputs = self._map_inputs()
+        stage_inputs = self._map_inputs(mask=True)
 
         def fn(folder: Path):
             from cryostack.pipeline.map_stage import map_summary
@@ -312,7 +324,7 @@ class Run:
         assert model is not None
         m = self._map_inputs()
         res = self._needs_resolution("docking")
-        stage_inputs = {"model": model, **{k: v for k, v in m.items() if k != "mask"}}
+        stage_inputs = {"model": model, **m}
 
         def fn(folder: Path):
             from cryostack.density.align import dock_map_on_model
@@ -344,11 +356,9 @@ class Run:
         assert self.inputs.model is not None
         m = self._map_inputs()
         res = self._needs_resolution("refinement")
-        settings = replace(self.cfg.refine)
-        stage_inputs = {"model": self.inputs.model, "map": m["map"]}
-        halves = (m["half_map_1"], m["half_map_2"]) if "half_map_1" in m else None
-        if halves:
-            stage_inputs.update(half_map_1=halves[0], half_map_2=halves[1])
+        settings = self.cfg.refine
+        stage_inputs = {"model": self.inputs.model, **m}
+        halves = self._halves(m)
 
         def fn(folder: Path):
             from cryostack.pipeline.refine_job import refine_files
@@ -371,20 +381,15 @@ class Run:
     def _prepare_validate(self):
         model = self.products.get("model", self.inputs.model)
         assert model is not None
-        stage_inputs: dict[str, Path] = {"model": model}
         has_map = "map" in self.products or self.inputs.map is not None
-        m = self._map_inputs() if has_map else {}
-        if has_map:
-            stage_inputs["map"] = m["map"]
-            if "half_map_1" in m:
-                stage_inputs.update(half_map_1=m["half_map_1"], half_map_2=m["half_map_2"])
+        stage_inputs: dict[str, Path] = {"model": model, **(self._map_inputs() if has_map else {})}
         res = self._needs_resolution("map-model validation") if has_map else None
         q = self.cfg.validate.q_score
 
         def fn(folder: Path):
             from cryostack.validate.api import validate
 
-            halves = (stage_inputs["half_map_1"], stage_inputs["half_map_2"]) if "half_map_1" in stage_inputs else None
+            halves = self._halves(stage_inputs)
             result = validate(model, density=stage_inputs.get("map"), resolution_A=res, half_maps=halves, compute_q=q)
             path = result.write_json(folder / "validation.json")
             return {"validation": path}, {"resolution_A": res}

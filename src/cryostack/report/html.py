@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ def key_values(rows: Iterable[tuple[str, str]]) -> str:
     return '<table class="kv"><tbody>' + "".join(out) + "</tbody></table>"
 
 
-_table_ids: list[int] = [0]
+_table_ids = itertools.count(1)
 
 
 def table(
@@ -149,8 +150,7 @@ def table(
     if not rows:
         return f"<p><em>{esc(empty)}</em></p>"
     if table_id is None:
-        _table_ids[0] += 1
-        table_id = f"t{_table_ids[0]}"
+        table_id = f"t{next(_table_ids)}"
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for row in rows:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from cryostack.chem.residues import trace_residues
-from cryostack.density.checks import check_map_values, check_model_atoms, check_resolution
+from cryostack.density.checks import check_half_maps, check_map_values, check_model_atoms, check_resolution
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output, jsonable
 from cryostack.io.maps import DensityMap, read_map
@@ -100,13 +100,7 @@ def validate(
                     "tuple[DensityMap, DensityMap]",
                     tuple(h if isinstance(h, DensityMap) else read_map(h) for h in half_maps),
                 )
-            for h in halves:
-                if h.shape != dmap.shape or any(abs(a - b) > 1e-3 for a, b in zip(h.voxel_size, dmap.voxel_size)):
-                    raise InputError(
-                        h.source,
-                        f"half map grid {h.shape[::-1]} at {h.voxel_size[0]:.3f} Å "
-                        f"differs from the map's {dmap.shape[::-1]} at {dmap.voxel_size[0]:.3f} Å",
-                    )
+            check_half_maps(dmap, halves)
         from cryostack.validate.mapfit import map_model_fit
 
         idx = dmap.angstrom_to_voxel(atoms.coords)

@@ -23,7 +23,6 @@ app = typer.Typer(
 #: Tools still to come: listed in --help, and a call says so in one line (exit 2) instead of
 #: showing an empty group.
 NOT_YET = {
-    "enhance": "map enhancement for 4–8 Å maps",
     "build": "atomic model building from a map and a sequence",
 }
 
@@ -74,7 +73,7 @@ _registered: list[bool] = []
 
 
 def _register() -> None:
-    from cryostack.cli import demo, info, refine, run, simulate_map, validate
+    from cryostack.cli import demo, enhance, info, refine, run, simulate_map, validate
 
     for name, what in NOT_YET.items():
         app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
@@ -82,6 +81,7 @@ def _register() -> None:
         )
 
     app.command("info")(info.info)
+    app.command("enhance")(enhance.enhance)
     app.command("simulate-map")(simulate_map.simulate_map)
     app.command("validate")(validate.validate)
     app.command("demo")(demo.demo)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import cast
 
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import map_coordinates, spline_filter
 
 from cryostack.density.fourier import low_pass
 from cryostack.io.maps import DensityMap, grid_nstart
@@ -107,3 +107,28 @@ def normalize_zscore(density: DensityMap, mask: np.ndarray | None = None) -> Den
     if std == 0:
         raise ValueError("map is flat; cannot normalise")
     return density.with_data(((density.data - vals.mean()) / std).astype(np.float32), source=None)
+
+
+def resample_like(density: DensityMap, like: DensityMap, *, order: int = 3) -> DensityMap:
+    """``density`` interpolated at the voxel centres of ``like``: same shape, voxel size, origin,
+    NSTART and axis order as ``like`` (Å positions are matched, nothing is shifted).
+
+    Used to bring a map processed on another grid (e.g. 1 Å/voxel) back into its input's frame.
+    Low-pass filtered to ``like``'s Nyquist first when that grid is coarser. Voxels of ``like``
+    outside ``density``'s box take the nearest edge value.
+    """
+    src = density
+    if np.any(np.asarray(like.voxel_size) > np.asarray(density.voxel_size) * (1 + 1e-6)):
+        src = low_pass(density, 2.0 * float(max(like.voxel_size)))
+    # axes are aligned, so each output axis maps to fractional input voxels on its own
+    frac = [
+        (np.asarray(like.origin[a]) + np.arange(n) * like.voxel_size[a] - density.origin[a]) / density.voxel_size[a]
+        for a, n in zip((2, 1, 0), like.shape)
+    ]  # z, y, x
+    coeffs = spline_filter(src.data, order=order, mode="nearest") if order > 1 else src.data  # once, not per slab
+    data = np.empty(like.shape, np.float32)
+    yy, xx = np.meshgrid(frac[1], frac[2], indexing="ij")
+    for k, z in enumerate(frac[0]):  # slab by slab: memory stays at one plane of coordinates
+        coords = np.stack([np.full_like(yy, z), yy, xx])
+        data[k] = map_coordinates(coeffs, coords, order=order, mode="nearest", prefilter=False)
+    return like.with_data(data, source=None)

@@ -79,7 +79,16 @@ class CrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, mult, dropout)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_padding_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        context_padding_mask: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_x(x), self.norm_ctx(context), context_padding_mask)
+        """``context=None`` bypasses the attention (feed-forward and residuals only): a network
+        trained with a context that is absent at inference (CryoSAMU's structure embeddings).
+        ``gate`` ``(B,)`` in [0, 1] scales the attention per item (0 = that item bypasses it)."""
+        if context is not None:
+            y = self.attn(self.norm_x(x), self.norm_ctx(context), context_padding_mask)
+            x = x + (y if gate is None else gate.to(y.dtype)[:, None, None] * y)
         return x + self.ff(self.norm_ff(x))

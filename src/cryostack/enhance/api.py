@@ -35,8 +35,11 @@ from cryostack.io.maps import DensityMap, read_map, write_map
 
 #: The packaged checkpoint used when none is given.
 DEFAULT_MODEL = "map_enhancer_v1"
-#: Resolutions the shipped network was trained on (Å); outside them the output is a guess.
+#: Resolutions the shipped network was trained on (Å).
 TRAINED_RESOLUTION_A = (4.0, 8.0)
+#: Outside this range the output is a guess and the user is warned (a little slack above the
+#: trained range: 8–10 Å maps still gain from it, see the model card).
+WARN_RESOLUTION_A = (4.0, 10.0)
 #: Largest map handled in memory, in voxels at 1 Å (about 0.5 GiB per float32 copy).
 MAX_NETWORK_VOXELS = 512**3
 #: Test-time views (cube rotations) in the order they are used: spread over the 24.
@@ -47,8 +50,8 @@ VIEW_ROTATIONS = (0, 13, 6, 23, 9, 18, 3, 16)
 class EnhanceConfig:
     """Inference settings (tiles in voxels at 1 Å)."""
 
-    tile: int = 48
-    core: int = 36
+    tile: int = 64
+    core: int = 50
     batch: int = 2
     views: int = 1  # rotated passes averaged into the output
     confidence_views: int = 4  # passes when a confidence map is asked for (at least 2)
@@ -112,7 +115,7 @@ def enhance_map(
     check_map_values(density)
     warnings: list[str] = []
     lo, hi = TRAINED_RESOLUTION_A
-    if resolution_A is not None and not lo <= resolution_A <= hi:
+    if resolution_A is not None and not WARN_RESOLUTION_A[0] <= resolution_A <= WARN_RESOLUTION_A[1]:
         warnings.append(
             f"resolution {resolution_A:g} Å is outside the trained range {lo:g}–{hi:g} Å: check the output against the input"
         )
@@ -157,6 +160,7 @@ def enhance_map(
     if sq is not None:
         sd = np.sqrt(np.maximum(sq / n_views - mean**2, 0.0)).astype(np.float32)
         conf_map = resample_like(grid.with_data(sd), density, order=1)
+        conf_map.data = np.maximum(conf_map.data, 0.0)  # the anti-alias low-pass can dip below zero
     info = {
         "input_shape_zyx": list(density.shape),
         "input_voxel_size_A": list(density.voxel_size),

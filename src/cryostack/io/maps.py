@@ -85,6 +85,9 @@ class DensityMap:
     axis_order: tuple[int, int, int] = (1, 2, 3)
     header_origin: bool = False
     source: str | None = field(default=None, compare=False)
+    #: MX, MY, MZ (x, y, z) when the file's unit cell is sampled on a grid other than the box (a
+    #: box cut from a larger cell); written back so the header's cell is the input's.
+    cell_grid: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.data = np.ascontiguousarray(self.data, dtype=np.float32)
@@ -121,6 +124,8 @@ class DensityMap:
 
     def with_data(self, data: np.ndarray, **changes) -> DensityMap:
         """A copy with new data (same sampling unless ``changes`` say otherwise)."""
+        if "voxel_size" in changes:
+            changes.setdefault("cell_grid", None)  # the cell grid belongs to the old sampling
         return replace(self, data=data, **changes)
 
     def shifted(self, offset_zyx: tuple[int, int, int], data: np.ndarray) -> DensityMap:
@@ -293,6 +298,7 @@ def read_map(path: str | Path) -> DensityMap:
         axis_order=axes,
         header_origin=header_origin,
         source=str(path),
+        cell_grid=None if np.array_equal(m_xyz, n_xyz) else (int(m_xyz[0]), int(m_xyz[1]), int(m_xyz[2])),
     )
 
 
@@ -351,8 +357,9 @@ def write_map(
             mrc.set_data(arr)
             h = mrc.header
             h.mapc, h.mapr, h.maps = axes
-            h.mx, h.my, h.mz = (int(n) for n in n_xyz)
-            h.cella.x, h.cella.y, h.cella.z = (float(c) for c in n_xyz * vox)
+            m_xyz = np.asarray(density.cell_grid) if density.cell_grid is not None else n_xyz
+            h.mx, h.my, h.mz = (int(n) for n in m_xyz)
+            h.cella.x, h.cella.y, h.cella.z = (float(c) for c in m_xyz * vox)
             h.nxstart, h.nystart, h.nzstart = (int(nstart[a - 1]) for a in axes)
             h.origin.x, h.origin.y, h.origin.z = (float(o) for o in origin_field)
             mrc.update_header_stats()

@@ -173,6 +173,11 @@ def test_guinier_fit_recovers_a_known_blur():
     sharp, _ = auto_sharpen(m, resolution_A=4.0)
     assert abs(guinier_bfactor(sharp, resolution_A=4.5).b_factor_A2) < 20
     assert sharp.shape == m.shape and sharp.voxel_size == m.voxel_size
+    # strong sharpening with a low-pass stays exact (one transform, no float32 blow-up in the corners)
+    from cryostack.density.fourier import apply_bfactor, low_pass
+
+    there_and_back = apply_bfactor(apply_bfactor(m, -400.0, resolution_A=5.0), 400.0)
+    assert np.corrcoef(there_and_back.data.ravel(), low_pass(m, 5.0).data.ravel())[0, 1] > 0.999
 
 
 # --- training ------------------------------------------------------------------------------------

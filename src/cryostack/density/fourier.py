@@ -47,6 +47,11 @@ def low_pass(density: DensityMap, resolution_A: float, *, edge_width_A: float | 
     The edge spans ``edge_width_A`` in resolution below the cut-off (default: 5 % of the
     cut-off frequency), so frequencies above 1/resolution are removed and ringing is limited.
     """
+    return _apply(density, low_pass_weight(density, resolution_A, edge_width_A=edge_width_A))
+
+
+def low_pass_weight(density: DensityMap, resolution_A: float, *, edge_width_A: float | None = None) -> np.ndarray:
+    """The :func:`low_pass` filter on the ``rfftn`` half-grid (1 inside, raised-cosine edge, 0 beyond)."""
     if resolution_A <= 0:
         raise ValueError(f"resolution must be positive (Å), got {resolution_A}")
     s = np.sqrt(frequency_squared(density.shape, density.voxel_size))
@@ -59,7 +64,7 @@ def low_pass(density: DensityMap, resolution_A: float, *, edge_width_A: float | 
     edge = (s > s_in) & (s < s_cut)
     w[edge] = 0.5 * (1.0 + np.cos(np.pi * (s[edge] - s_in) / (s_cut - s_in)))
     w[s >= s_cut] = 0.0
-    return _apply(density, w)
+    return w
 
 
 def apply_bfactor(density: DensityMap, b_factor_A2: float, *, resolution_A: float | None = None) -> DensityMap:
@@ -68,8 +73,10 @@ def apply_bfactor(density: DensityMap, b_factor_A2: float, *, resolution_A: floa
     Positive ``b_factor_A2`` blurs, negative sharpens. When sharpening, pass ``resolution_A`` so
     frequencies beyond it are removed instead of amplified as noise.
     """
-    w = np.exp(-b_factor_A2 * frequency_squared(density.shape, density.voxel_size) / 4.0)
-    out = _apply(density, w)
+    s2 = frequency_squared(density.shape, density.voxel_size)
     if resolution_A is not None:
-        out = low_pass(out, resolution_A)
-    return out
+        # One transform: sharpening first and filtering after would lose the map to float32
+        # round-off, since exp(-B s²/4) reaches 1e13 in the corners for B = -200 Å² at 1 Å voxels.
+        lp = low_pass_weight(density, resolution_A)
+        return _apply(density, np.where(lp > 0, np.exp(-b_factor_A2 * np.where(lp > 0, s2, 0.0) / 4.0), 0.0) * lp)
+    return _apply(density, np.exp(-b_factor_A2 * s2 / 4.0))

@@ -70,10 +70,11 @@ class EnhanceTrainConfig:
         )
 
 
-def full_atom_indices(corpus, split: str) -> np.ndarray:
-    """Chains of ``split`` that have side chains (backbone-only chains make unrealistic maps)."""
+def full_atom_indices(corpus, split: str, *, allow_test: bool = False) -> np.ndarray:
+    """Chains of ``split`` that have side chains (backbone-only chains make unrealistic maps);
+    the test split only with ``allow_test`` (evaluation code)."""
     rows = corpus.table()
-    idx = np.asarray(corpus.split_indices(split), dtype=np.int64)
+    idx = np.asarray(corpus.split_indices(split, allow_test=allow_test), dtype=np.int64)
     return np.array([i for i in idx if int(rows[int(i)]["has_sidechains"])], dtype=np.int64)
 
 

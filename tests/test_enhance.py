@@ -20,6 +20,7 @@ from cryostack.enhance.embed import ProteinMPNNEmbedder, backbone_chains, fixed_
 from cryostack.enhance.featurize import Tiling, rotate_cube, to_network_grid, unrotate_cube
 from cryostack.enhance.model import EnhanceUNet, UNetConfig
 from cryostack.enhance.train import EnhanceTrainConfig, full_atom_indices, train_enhancer
+from cryostack.errors import InputError
 from cryostack.io.maps import DensityMap
 
 CORPUS = Path(__file__).parent / "data" / "corpus_sample"
@@ -273,6 +274,15 @@ def test_cli_enhance_refuses_bad_input(tiny_run, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr, r.stderr
         assert not out.exists()
+    # too large for whole-map work: refused from the header, before the data are read
+    import cryostack.enhance.api as enhance_api
+
+    big = tmp_path / "big.mrc"
+    write_map(good.with_data(np.zeros((8, 8, 8), np.float32), voxel_size=(200.0,) * 3), big)
+    with pytest.raises(InputError, match="box it"):
+        enhance_api.enhance_files(big, out, checkpoint=ckpt)
+    assert enhance_api.peek_map_size(big) == ((8, 8, 8), (200.0, 200.0, 200.0))
+    assert not out.exists()
     before = a.read_bytes()
     r = run("enhance", "--map", str(a), "--out", str(a), "--checkpoint", ckpt, "--no-progress")
     assert r.returncode == 2 and "overwrite" in r.stderr and a.read_bytes() == before

@@ -31,7 +31,7 @@ from cryostack.enhance.featurize import (
 from cryostack.enhance.model import EnhanceUNet, load_enhancer
 from cryostack.errors import InputError
 from cryostack.io.atomic import check_writable
-from cryostack.io.maps import DensityMap, read_map, write_map
+from cryostack.io.maps import DensityMap, peek_map_size, read_map, write_map
 
 #: The packaged checkpoint used when none is given.
 DEFAULT_MODEL = "map_enhancer_v1"
@@ -67,6 +67,17 @@ class EnhanceResult:
     confidence: DensityMap | None = None
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+def check_network_size(n_xyz, voxel_size_A, source: str | Path | None) -> None:
+    """Refuse a map whose 1 Å copy would exceed :data:`MAX_NETWORK_VOXELS` (whole-map work in memory)."""
+    n_net = int(np.prod(np.floor((np.asarray(n_xyz) - 1) * np.asarray(voxel_size_A) / NETWORK_VOXEL_A) + 1))
+    if n_net > MAX_NETWORK_VOXELS:
+        raise InputError(
+            source,
+            f"the map is {n_net / 1e6:.0f} M voxels at {NETWORK_VOXEL_A:g} Å (limit {MAX_NETWORK_VOXELS / 1e6:.0f} M,"
+            " tiling from disk is not implemented): box it around the molecule first",
+        )
 
 
 def load_model(checkpoint: str | Path | None = None, device: str = "cpu") -> EnhanceUNet:
@@ -122,13 +133,7 @@ def enhance_map(
     vox = np.asarray(density.voxel_size)
     if not np.allclose(vox, vox[0], rtol=1e-4):
         warnings.append(f"non-cubic voxels {tuple(float(v) for v in vox)} Å: resampled to {NETWORK_VOXEL_A:g} Å cubes")
-    n_net = int(np.prod(np.floor((np.asarray(density.shape[::-1]) - 1) * vox / NETWORK_VOXEL_A) + 1))
-    if n_net > MAX_NETWORK_VOXELS:
-        raise InputError(
-            density.source,
-            f"the map is {n_net / 1e6:.0f} M voxels at {NETWORK_VOXEL_A:g} Å (limit {MAX_NETWORK_VOXELS / 1e6:.0f} M):"
-            " box it around the molecule first",
-        )
+    check_network_size(density.shape[::-1], vox, density.source)
     grid = to_network_grid(density)
     scaling = normalization(grid.data)
     x = normalize(grid.data, scaling)
@@ -199,6 +204,10 @@ def enhance_files(
         check_writable(o)
         if any(o.resolve() == p.resolve() for p in inputs):
             raise InputError(o, "output would overwrite an input")
+    for p in inputs:  # from the header, before any data is loaded
+        size = peek_map_size(p)
+        if size is not None:
+            check_network_size(size[0], size[1], p)
     model = load_model(checkpoint, cfg.device)
     density = read_map(map_path) if map_path else None
     if half_maps:

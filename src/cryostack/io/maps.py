@@ -200,6 +200,28 @@ def _read_header(path: Path, gz: bool) -> np.recarray:
     return header
 
 
+def peek_map_size(path: str | Path) -> tuple[tuple[int, int, int], tuple[float, float, float]] | None:
+    """``(nx, ny, nz)`` and the voxel size ``(x, y, z)`` Å from the header alone, without reading the
+    data (to refuse a map too large for memory before loading it); ``None`` when the header is not
+    readable or sane (:func:`read_map` then says why)."""
+    path = Path(path)
+    try:
+        header = _read_header(path, _is_gzip(path))
+        axes = (int(header.mapc), int(header.mapr), int(header.maps))
+        axes = (1, 2, 3) if axes == (0, 0, 0) else axes
+        n_xyz = [0, 0, 0]
+        for n, axis in zip((int(header.nx), int(header.ny), int(header.nz)), axes):
+            n_xyz[axis - 1] = n
+        m_xyz = np.array([header.mx, header.my, header.mz], dtype=np.float64)
+        m_xyz = np.where(m_xyz > 0, m_xyz, n_xyz)
+        vox = np.array([header.cella.x, header.cella.y, header.cella.z], dtype=np.float64) / m_xyz
+    except Exception:
+        return None
+    if min(n_xyz) < 1 or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
+        return None
+    return (n_xyz[0], n_xyz[1], n_xyz[2]), (float(vox[0]), float(vox[1]), float(vox[2]))
+
+
 def read_map(path: str | Path) -> DensityMap:
     """Read an MRC/CCP4 map (``.mrc``, ``.map``, ``.ccp4``, optionally gzipped) into Å space.
 

@@ -210,6 +210,27 @@ def test_tiny_training_resumes_and_writes_weights(tiny_run):
     assert set(report["val"]) >= {"cc_input", "cc_enhanced", "cc_gain"}
 
 
+def test_finetune_starts_from_weights_and_cuts_cubes_from_a_larger_box(tiny_run, tmp_path):
+    init = tiny_run[0] / "enhancer.pt"
+    cfg = EnhanceTrainConfig(
+        steps=1, batch=2, crop_voxels=16, sim_box_voxels=24, val_items=1, eval_every=100, warmup_steps=1,
+        bypass_prob=1.0, init_checkpoint=str(init),
+    )  # fmt: skip
+    report = train_enhancer(CORPUS, tmp_path / "ft", cfg, progress=False)
+    assert report["finished"] and tuple(report["model_config"]["channels"]) == (
+        8,
+        16,
+    )  # the init's network, not the default
+    # the cube is cut after normalising the whole box, so it keeps the box's scale
+    from cryostack.enhance.train import _pair
+
+    rng = np.random.default_rng(0)
+    arrays = {"input_map": rng.normal(size=(24, 24, 24)).astype(np.float32) + 1, "target_map": rng.random((24, 24, 24))}
+    x, _ = _pair(arrays, 0, (8, 8, 8), 16)
+    whole, _ = _pair(arrays, 0)
+    np.testing.assert_allclose(x, whole[8:24, 8:24, 8:24])
+
+
 def test_enhance_map_output_in_input_frame_with_confidence(tiny_run):
     out, _, _ = tiny_run
     model = load_model(out / "enhancer.pt")

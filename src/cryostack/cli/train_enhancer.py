@@ -19,7 +19,18 @@ def enhancer(
     no_structure: bool = typer.Option(False, "--no-structure", help="Never read structure embeddings (the ablation)."),
     bypass_prob: float = typer.Option(0.5, "--bypass-prob", min=0.0, max=1.0, help="Items that skip the embeddings."),
     channels: str = typer.Option("16,32,64,96", "--channels", help="U-Net widths per level, finest first."),
-    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Wall-clock budget; rerun to continue."),
+    sim_box: int = typer.Option(
+        0,
+        "--sim-box",
+        min=0,
+        help="Simulate this box (voxels), normalise it whole, train on a random --crop cube of it.",
+    ),
+    init: Path | None = typer.Option(None, "--init", help="Start from this enhancer.pt (fine-tuning)."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate."),
+    warmup: int = typer.Option(100, "--warmup", min=0, help="Warm-up steps."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", help="Wall-clock budget of the whole run (resumed time counts); rerun to continue."
+    ),
     seed: int = SEED,
     threads: int | None = THREADS,
     device: str = DEVICE,
@@ -37,9 +48,14 @@ def enhancer(
     from cryostack.enhance.train import EnhanceTrainConfig, train_enhancer
 
     widths = tuple(int(c) for c in channels.split(","))
+    if sim_box and sim_box < crop:
+        raise InputError(None, f"--sim-box ({sim_box}) must be at least --crop ({crop})")
+    if init is not None and not init.is_file():
+        raise InputError(init, "no such checkpoint (--init)")
     cfg = EnhanceTrainConfig(
         steps=steps, batch=batch, crop_voxels=crop, bypass_prob=1.0 if no_structure else bypass_prob,
         max_hours=max_minutes / 60 if max_minutes else None, seed=seed, model={"channels": widths},
+        sim_box_voxels=sim_box, init_checkpoint=str(init) if init else None, lr=lr, warmup_steps=warmup,
     )  # fmt: skip
     report = train_enhancer(corpus, out, cfg, device=device, progress=not no_progress)
     typer.echo(json.dumps({k: report[k] for k in ("steps", "finished", "wall_time_s", "val")}, indent=1))

@@ -27,7 +27,7 @@ from cryostack.data.datasets import SimulatedMapDataset
 from cryostack.data.synthetic import SimulationConfig
 from cryostack.enhance.embed import ProteinMPNNEmbedder, StructureEmbedder, backbone_chains, fixed_size_embedding
 from cryostack.enhance.featurize import normalize, normalize_target, rotate_cube
-from cryostack.enhance.model import MODEL_NAME, EnhanceUNet, UNetConfig, save_enhancer
+from cryostack.enhance.model import MODEL_NAME, EnhanceUNet, UNetConfig, load_enhancer, save_enhancer
 from cryostack.io.atomic import atomic_output
 from cryostack.learn.card import write_model_card
 from cryostack.learn.loop import TrainConfig, TrainState
@@ -42,6 +42,10 @@ class EnhanceTrainConfig:
     steps: int = 4000
     batch: int = 4
     crop_voxels: int = 40  # training cubes at 1 Å/voxel (multiple of 8)
+    # > crop_voxels: simulate this box, normalise it whole (as inference normalises a whole map)
+    # and train on a cube cut at a random place in it, so solvent-rich tiles are seen too
+    sim_box_voxels: int = 0
+    init_checkpoint: str | None = None  # start from these weights (fine-tuning), not at random
     resolution_A: tuple[float, float] = (4.0, 8.0)
     target_resolution_A: float = 2.0
     bypass_prob: float = 0.5  # items that skip the structure embeddings (1.0 = the ablation)
@@ -61,11 +65,11 @@ class EnhanceTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def simulation(self) -> SimulationConfig:
+    def simulation(self, box_voxels: int | None = None) -> SimulationConfig:
         return SimulationConfig(
             resolution_A=tuple(self.resolution_A),  # type: ignore[arg-type]
             voxel_size_A=1.0,
-            crop_voxels=self.crop_voxels,
+            crop_voxels=box_voxels or self.crop_voxels,
             target_resolution_A=self.target_resolution_A,
         )
 
@@ -99,10 +103,15 @@ class EmbeddingCache:
         return emb
 
 
-def _pair(arrays: dict[str, np.ndarray], rotation: int) -> tuple[np.ndarray, np.ndarray]:
-    x = rotate_cube(normalize_or_zero(arrays["input_map"]), rotation)
-    y = rotate_cube(normalize_target(arrays["target_map"]), rotation)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+def _pair(
+    arrays: dict[str, np.ndarray], rotation: int, start: tuple[int, int, int] | None = None, size: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) normalised over the whole simulated box, then cut at ``start`` (``size``³) and rotated."""
+    x, y = normalize_or_zero(arrays["input_map"]), normalize_target(arrays["target_map"])
+    if start is not None:
+        cut = tuple(slice(s, s + size) for s in start)
+        x, y = x[cut], y[cut]
+    return np.ascontiguousarray(rotate_cube(x, rotation)), np.ascontiguousarray(rotate_cube(y, rotation))
 
 
 def normalize_or_zero(data: np.ndarray) -> np.ndarray:
@@ -122,6 +131,8 @@ class EnhanceTask:
         self.dataset, self.cfg, self.embeddings = dataset, cfg, embeddings
 
     def build_model(self, config: dict[str, Any] | None) -> EnhanceUNet:
+        if config is None and self.cfg.init_checkpoint:
+            return load_enhancer(self.cfg.init_checkpoint)  # a resumed run's own weights replace these
         return EnhanceUNet(UNetConfig.from_dict(config) if config else UNetConfig(**self.cfg.model))
 
     def model_config(self, model) -> dict[str, Any]:
@@ -132,7 +143,10 @@ class EnhanceTask:
         for _ in range(self.cfg.batch):
             i = int(rng.integers(0, len(self.dataset)))
             arrays = self.dataset.arrays(i)
-            x, y = _pair(arrays, int(rng.integers(0, 24)))
+            rotation = int(rng.integers(0, 24))
+            box, c = arrays["input_map"].shape[0], self.cfg.crop_voxels
+            start = tuple(int(v) for v in rng.integers(0, box - c + 1, 3)) if box > c else None
+            x, y = _pair(arrays, rotation, start, c)
             xs.append(x)
             ys.append(y)
             # drawn whether or not embeddings are used, so the ablation sees the very same items
@@ -206,14 +220,14 @@ def train_enhancer(
     corpus = Corpus(corpus_dir, cache_shards=64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sim = cfg.simulation()
+    sim = cfg.simulation(max(cfg.sim_box_voxels, cfg.crop_voxels))
     train_idx, val_idx = full_atom_indices(corpus, "train"), full_atom_indices(corpus, "val")
     if train_idx.size == 0:
         raise ValueError(f"{corpus_dir}: no full-atom train chains (export the corpus with --sidechains)")
     train_set = SimulatedMapDataset(corpus, sim, split="train", indices=train_idx.tolist(), length=10**9, seed=cfg.seed)
     val_src = val_idx if val_idx.size else corpus.split_indices("val")
     val_set = SimulatedMapDataset(
-        corpus, sim, split="val", indices=val_src.tolist(), length=cfg.val_items, seed=cfg.seed + 1
+        corpus, cfg.simulation(), split="val", indices=val_src.tolist(), length=cfg.val_items, seed=cfg.seed + 1
     )
     val_items = [val_set.arrays(i) for i in range(len(val_set))]
     embeddings = None

@@ -104,7 +104,7 @@ class EmbeddingCache:
 
 
 def _pair(
-    arrays: dict[str, np.ndarray], rotation: int, start: tuple[int, int, int] | None = None, size: int = 0
+    arrays: dict[str, np.ndarray], rotation: int, start: tuple[int, ...] | None = None, size: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input, target) normalised over the whole simulated box, then cut at ``start`` (``size``³) and rotated."""
     x, y = normalize_or_zero(arrays["input_map"]), normalize_target(arrays["target_map"])

@@ -139,7 +139,7 @@ def test_ctrl_c_exits_130_leaves_a_report_and_the_rerun_continues(finished):
     assert "interrupted" in interrupted["stderr"] and "Traceback" not in interrupted["stderr"]
     assert interrupted["stages"]["map"] == "done" and interrupted["stages"]["refine"] == "running"
     # the rerun reused the map stage and finished the rest
-    assert stages(out) == {"map": "reused", "enhance": "not available", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
+    assert stages(out) == {"map": "reused", "enhance": "skipped", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
     rec = json.loads((out / "03_refine" / "stage.json").read_text())
     assert rec["status"] == "done" and rec["params"]["max_recycles"] == 2
     assert set(rec["inputs"]) == {"model", "map"} and all(len(v["sha256"]) == 64 for v in rec["inputs"].values())
@@ -165,7 +165,7 @@ def test_a_rerun_reuses_everything_and_a_changed_setting_reruns_what_depends_on_
     before = (out / "03_refine" / "model.cif").stat().st_mtime_ns
     r = cli("--out", out, "--map", MAP, "--model", MODEL, "--config", toml)
     assert r.returncode == 0, r.stderr
-    assert stages(out) == {"map": "reused", "enhance": "not available", "refine": "reused", "validate": "reused", "report": "done"}  # fmt: skip
+    assert stages(out) == {"map": "reused", "enhance": "skipped", "refine": "reused", "validate": "reused", "report": "done"}  # fmt: skip
     assert (out / "03_refine" / "model.cif").stat().st_mtime_ns == before
     changed = d / "q.toml"
     changed.write_text(QUICK_TOML.replace("q_score = false", "q_score = true"))
@@ -215,7 +215,20 @@ def test_half_maps_give_the_resolution_and_the_report_its_fsc(tmp_path):
     summary = json.loads((out / "01_map" / "map_summary.json").read_text())
     assert summary["resolution_A"] is not None and 2.0 < summary["resolution_A"] < 20
     assert summary["fsc"]["mask"].startswith("soft sphere")
-    assert stages(out) == {"map": "done", "enhance": "not available", "report": "done"}
+    assert stages(out) == {"map": "done", "enhance": "skipped", "report": "done"}
+
+
+def test_a_map_in_the_enhancers_range_is_enhanced_and_shown_beside_the_experimental_one(tmp_path):
+    out = tmp_path / "run"
+    r = cli("--out", out, "--map", MAP, "--resolution", "6")
+    assert r.returncode == 0, r.stderr
+    assert stages(out) == {"map": "done", "enhance": "done", "report": "done"}
+    enhanced, given = read_map(out / "02_enhance" / "map_enhanced.mrc"), read_map(MAP)
+    assert enhanced.shape == given.shape and enhanced.origin == given.origin and enhanced.voxel_size == given.voxel_size
+    assert (out / "02_enhance" / "confidence.mrc").is_file()
+    check = check_page(out / "report.html")
+    assert check.ok and "enhanced" in check.facts["sections"]
+    assert "use the experimental map" in (out / "report.html").read_text()
 
 
 def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
@@ -260,11 +273,12 @@ def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
     star.write_text("# stands in for a particle file: the wizard is replaced\n")
     cfg, _ = load_config(None)
     cfg = RunConfig(
-        resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False)
-    )
+        resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False),
+        enhance=type(cfg.enhance)(enabled=False),
+    )  # fmt: skip
     out = tmp_path / "run"
     report = run_pipeline(out, RunInputs(particles=star, model=Path(MODEL)), cfg, progress=False)
-    assert stages(out) == {"particles": "done", "map": "done", "enhance": "not available", "dock": "done", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
+    assert stages(out) == {"particles": "done", "map": "done", "enhance": "skipped", "dock": "done", "refine": "done", "validate": "done", "report": "done"}  # fmt: skip
     dock = json.loads((out / "04_dock" / "stage.json").read_text())
     assert dock["info"]["alignment"]["mirrored"] is True and dock["info"]["alignment"]["cc"] > 0.8
     docked = read_map(out / "04_dock" / "map_docked.mrc")

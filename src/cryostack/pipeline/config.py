@@ -14,6 +14,11 @@ typo never passes silently. Example (every value shown is the default, except wh
     [wizard.search]             # RELION sampling of the subset searches
     healpix_order = 1
 
+    [enhance]
+    enabled = true
+    views = 1
+    confidence = true
+
     [refine]
     max_recycles = 8
     method = "direct"
@@ -34,6 +39,17 @@ from typing import Any
 
 from cryostack.errors import InputError
 from cryostack.particles.wizard import WizardConfig
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """Map enhancement (``cryostack enhance``): run for maps of 4–10 Å, skipped outside that range.
+    The enhanced map is for looking and building; docking, refinement and validation use the
+    experimental map."""
+
+    enabled: bool = True
+    views: int = 1  # rotated passes averaged
+    confidence: bool = True  # also write the per-voxel confidence map (4 passes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class RunConfig:
     resolution_A: float | None = None
     device: str = "cpu"
     wizard: WizardConfig = field(default_factory=WizardConfig)
+    enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
     validate: ValidateSettings = field(default_factory=ValidateSettings)
 

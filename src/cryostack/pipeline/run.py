@@ -4,7 +4,8 @@ Stages, in order, and when they run::
 
     particles  --particles given        CryoWizard on RELION -> map, half maps, FSC, cFAR
     map        a map (given or made)    grid facts, half-map FSC (0.143) and cFAR when halves exist
-    enhance    (not in this release)    listed in the report as not available
+    enhance    a map of 4–10 Å          cryostack enhance -> enhanced map + confidence map, for
+                                        looking and building (later stages use the experimental map)
     build      (not in this release)    a sequence without a model is refused up front
     dock       particles and a model    the reconstruction (any orientation, either hand) aligned
                                         onto the model's simulated map; half maps moved with it
@@ -39,9 +40,12 @@ from cryostack.pipeline.config import RunConfig
 STAGES = ("particles", "map", "enhance", "build", "dock", "refine", "validate", "report")
 #: Stages of the mission not in this release: the plan lists them, the report says so.
 NOT_AVAILABLE = {
-    "enhance": "map enhancement is not in this release yet",
     "build": "model building is not in this release yet",
 }
+
+
+class _Skipped(Exception):
+    """A stage that does not apply to this run's data (the reason is shown in the report)."""
 
 
 #: Docking: the chosen hand must fit better than the mirror image by this much CC to count as decided.
@@ -78,7 +82,7 @@ class RunInputs:
 @dataclass
 class StageRecord:
     stage: str
-    status: str  # planned, running, done, reused, failed, not available
+    status: str  # planned, running, done, reused, failed, skipped, not available
     folder: str = ""
     wall_s: float | None = None
     inputs: dict[str, dict] = field(default_factory=dict)
@@ -220,6 +224,10 @@ class Run:
         log = folder / "stage.log"
         try:
             stage_inputs, params, fn = getattr(self, f"_prepare_{rec.stage}")()
+        except _Skipped as why:
+            rec.status, rec.folder = "skipped", ""
+            self.notes.append(f"{rec.stage} skipped: {why}")
+            return
         except CryostackError as exc:  # e.g. no resolution to refine at: refused before any work
             folder.mkdir(parents=True, exist_ok=True)
             log.write_text(f"{exc}\n")
@@ -318,6 +326,35 @@ class Run:
             return {"map_summary": folder / "map_summary.json"}, {"resolution_A": summary.get("resolution_A"), "cfar": summary.get("cfar")}  # fmt: skip
 
         return stage_inputs, {"fsc_threshold": 0.143}, fn
+
+    def _prepare_enhance(self):
+        from cryostack.enhance.api import TRAINED_RESOLUTION_A, WARN_RESOLUTION_A
+
+        settings = self.cfg.enhance
+        res = self.resolution_A
+        if not settings.enabled:
+            raise _Skipped("turned off ([enhance] enabled = false)")
+        if res is None or not WARN_RESOLUTION_A[0] <= res <= WARN_RESOLUTION_A[1]:
+            lo, hi = TRAINED_RESOLUTION_A
+            at = "an unknown resolution" if res is None else f"{res:.2f} Å"
+            raise _Skipped(f"the map is at {at}; the enhancer is trained for {lo:g}–{hi:g} Å maps")
+        m = self._map_inputs()
+        stage_inputs = {"map": m["map"]}
+
+        def fn(folder: Path):
+            from cryostack.enhance.api import EnhanceConfig, enhance_files
+
+            outputs = {"enhanced_map": folder / "map_enhanced.mrc"}
+            if settings.confidence:
+                outputs["enhance_confidence"] = folder / "confidence.mrc"
+            result = enhance_files(
+                m["map"], outputs["enhanced_map"], resolution_A=res, confidence_out=outputs.get("enhance_confidence"),
+                cfg=EnhanceConfig(views=settings.views, device=self.cfg.device),
+            )  # fmt: skip
+            note = "enhanced map written for looking and building; docking, refinement and validation use the experimental map"  # fmt: skip
+            return outputs, {**result.info, "warnings": result.warnings, "note": note}
+
+        return stage_inputs, {**settings.__dict__, "resolution_A": res, "device": self.cfg.device}, fn
 
     def _prepare_dock(self):
         model = self.inputs.model

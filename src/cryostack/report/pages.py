@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from cryostack.io.maps import DensityMap
 from cryostack.report.html import Section, page, write_report
 from cryostack.report.sections import inputs_section, map_section, refinement_section, validation_section
@@ -116,6 +118,22 @@ def run_page(
         extra = [(sphere, "conical FSC areas over the sphere (3D FSC)")] if sphere and sphere.is_file() else []
         sections.append(map_section(density, fsc=summary.get("fsc"), cfar=summary.get("cfar"), extra_images=extra))
         data["map"] = summary
+    enhanced = products.get("enhanced_map")
+    if enhanced is not None and Path(enhanced).is_file() and summary is not None:
+        sections.append(
+            map_section(
+                read_map(enhanced), title="Enhanced map", anchor="enhanced", compare=read_map(summary["map"]["path"]),
+                compare_label="experimental",
+            )
+        )  # fmt: skip
+        conf = products.get("enhance_confidence")
+        if conf is not None and Path(conf).is_file():
+            c = read_map(conf).data
+            sections[-1].add(
+                note(f"confidence map {Path(conf).name}: per-voxel SD over 4 rotated passes, median {np.median(c):.3g},"
+                     f" 99th percentile {np.percentile(c, 99):.3g} (enhanced-map units; high = the prediction depends on"
+                     " the view: trust that density less)")
+            )  # fmt: skip
     record = load("refine_record")
     if record is not None:
         sections.append(refinement_section(record))

@@ -338,7 +338,7 @@ def test_odd_numbers_for_refine_and_validate(piece, piece_map, tmp_path, capsys,
 def test_version_and_tools_not_there_yet(capsys):
     main(["--version"])  # returns normally: exit 0
     assert capsys.readouterr().out.startswith("cryostack 0.")
-    code, err = run_cli(capsys, "enhance", "--map", "x.mrc")
+    code, err = run_cli(capsys, "build", "--map", "x.mrc")
     assert code == 2 and "not available in this release yet" in err
 
 

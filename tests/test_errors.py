@@ -68,7 +68,10 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
         "--json",
         str(tmp_path / "v.json"),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal never ignores Ctrl-C
+    )  # fmt: skip
     # Commands import torch only once running, so a mapped libtorch means the command has started.
     maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.monotonic() + 120

@@ -117,7 +117,14 @@ def finished(tmp_path_factory):
     out = d / "run"
     args = [sys.executable, "-m", "cryostack.cli.main", "run", "--no-progress", "--out", str(out), "--map", MAP,
             "--model", MODEL, "--config", str(toml)]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # What a child would inherit for SIGINT (SIG_IGN if something in this test process ignores it):
+    # a user's terminal never ignores Ctrl-C, so the run under test starts with the default.
+    probe = "import signal; print(signal.getsignal(signal.SIGINT))"
+    inherited = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     record = out / "03_refine" / "stage.json"
     deadline = time.monotonic() + 300
     seen_running = None  # seconds after start when the refine stage was seen running (for a failure message)
@@ -130,7 +137,8 @@ def finished(tmp_path_factory):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    interrupted = {"code": proc.returncode, "stderr": err, "stages": stages(out), "seen_running_s": seen_running}
+    interrupted = {"code": proc.returncode, "stderr": err, "stages": stages(out), "seen_running_s": seen_running,
+                   "inherited_sigint": inherited}  # fmt: skip
     r = cli("--out", out, "--map", MAP, "--model", MODEL, "--config", toml)
     assert r.returncode == 0, r.stderr
     return d, out, toml, interrupted
@@ -138,7 +146,11 @@ def finished(tmp_path_factory):
 
 def test_ctrl_c_exits_130_leaves_a_report_and_the_rerun_continues(finished):
     _, out, _, interrupted = finished
-    assert interrupted["code"] == 130, (interrupted["seen_running_s"], interrupted["stderr"])
+    assert interrupted["code"] == 130, (
+        interrupted["seen_running_s"],
+        interrupted["inherited_sigint"],
+        interrupted["stderr"],
+    )
     assert "interrupted" in interrupted["stderr"] and "Traceback" not in interrupted["stderr"]
     assert interrupted["stages"]["map"] == "done" and interrupted["stages"]["refine"] == "running"
     # the rerun reused the map stage and finished the rest

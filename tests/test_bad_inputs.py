@@ -335,11 +335,14 @@ def test_odd_numbers_for_refine_and_validate(piece, piece_map, tmp_path, capsys,
 
 
 # -- options that must mean what they say ----------------------------------------------------------------
-def test_version_and_tools_not_there_yet(capsys):
+def test_version_and_a_missing_map(capsys, tmp_path):
     main(["--version"])  # returns normally: exit 0
     assert capsys.readouterr().out.startswith("cryostack 0.")
-    code, err = run_cli(capsys, "build", "--map", "x.mrc")
-    assert code == 2 and "not available in this release yet" in err
+    out = tmp_path / "m.cif"
+    code, err = run_cli(
+        capsys, "build", "--map", tmp_path / "x.mrc", "--no-sequence", "--resolution", "4", "--out", out
+    )
+    assert code == 2 and "x.mrc" in err and not out.exists()
 
 
 def test_start_up_does_not_import_torch():

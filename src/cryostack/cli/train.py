@@ -13,8 +13,9 @@ train_app = typer.Typer(
 
 
 def _register() -> None:
-    from cryostack.cli import train_denoiser, train_encoder, train_enhancer, train_ranker
+    from cryostack.cli import train_builder, train_denoiser, train_encoder, train_enhancer, train_ranker
 
+    train_app.command("builder")(train_builder.builder)
     train_app.command("denoiser")(train_denoiser.denoiser)
     train_app.command("encoder")(train_encoder.encoder)
     train_app.command("enhancer")(train_enhancer.enhancer)

@@ -12,6 +12,8 @@ Tasks (``op``):
   frame (stored − shift).
 * ``sidechains``: chains ``indices`` → full-atom shard rebuilt with
   ``promod3.modelling.ReconstructSidechains`` (``rotamer_model`` "frm" or "rrm").
+* ``sidechains_file``: a PDB file of a backbone model (``in``; residue names set) → the same
+  model with side chains rebuilt by ``ReconstructSidechains`` (``out``, PDB).
 * ``dssp``: backbone shard ``in`` (user files) → DSSP string per chain, JSON (``out``), with
   OpenStructure's DSSP implementation.
 """
@@ -162,6 +164,17 @@ def op_sidechains(task):
     )
 
 
+def op_sidechains_file(task):
+    from ost import io
+    from promod3 import modelling, sidechain
+
+    if "lib" not in _LIB:
+        _LIB["lib"] = sidechain.LoadBBDepLib()
+    ent = io.LoadPDB(task["in"])
+    modelling.ReconstructSidechains(ent, rotamer_library=_LIB["lib"], rotamer_model=task.get("rotamer_model", "frm"))
+    io.SavePDB(ent, task["out"])
+
+
 def op_dssp(task):
     from ost import mol
     from promod3 import loop
@@ -203,7 +216,13 @@ def _vec(p):
     return geom.Vec3(float(p[0]), float(p[1]), float(p[2]))
 
 
-OPS = {"list": op_list, "backbone": op_backbone, "sidechains": op_sidechains, "dssp": op_dssp}
+OPS = {
+    "list": op_list,
+    "backbone": op_backbone,
+    "sidechains": op_sidechains,
+    "sidechains_file": op_sidechains_file,
+    "dssp": op_dssp,
+}
 
 
 def main():

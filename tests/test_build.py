@@ -195,6 +195,25 @@ def test_tiny_training_resumes_and_writes_weights(tiny_run):
     assert set(report["val"]) >= {"ca_error_A", "ca_error_pointer_A", "ca_within_3A"}
 
 
+def test_training_under_torchrun_two_gloo_ranks(tmp_path, torchrun):
+    torchrun(
+        f"""
+        import torch
+        import torch.distributed as dist
+        from test_build import CORPUS, TINY
+        from cryostack.build.train import BuildTrainConfig, train_builder
+        torch.set_num_threads(1)
+        cfg = BuildTrainConfig(steps=2, batch=1, crop_voxels=24, max_residues=24, val_items=2, eval_every=100,
+                               warmup_steps=1, model=dict(TINY))
+        r = train_builder(CORPUS, {str(tmp_path / "run")!r}, cfg, progress=False)
+        open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.ok", "w").write(str(r["steps"]))
+        dist.destroy_process_group()
+        """
+    )
+    assert [(tmp_path / f"rank{r}.ok").read_text() for r in (0, 1)] == ["2", "2"]
+    assert (tmp_path / "run" / "builder.pt").is_file()
+
+
 # --- building in the map's frame ------------------------------------------------------------------------------
 def _blob_map(shape=(30, 34, 38), voxel=1.3, origin=(12.5, -3.0, 40.25)) -> DensityMap:
     rng = np.random.default_rng(0)

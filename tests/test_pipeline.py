@@ -56,7 +56,8 @@ def test_plan_follows_the_inputs():
         "report",
     ]
     assert plan(RunInputs(map=p)) == ["map", "enhance", "report"]
-    assert plan(RunInputs(map=p, model=p, sequence=p)) == ["map", "enhance", "build", "refine", "validate", "report"]
+    assert plan(RunInputs(map=p, model=p, sequence=p)) == ["map", "enhance", "refine", "validate", "report"]
+    assert plan(RunInputs(map=p, sequence=p)) == ["map", "enhance", "build", "refine", "validate", "report"]
     assert plan(RunInputs(model=p)) == ["validate", "report"]
 
 
@@ -86,7 +87,8 @@ def test_config_file_is_read_checked_and_overridden(tmp_path):
         (("--particles", MODEL, "--map", MAP), ("particles or a map",)),
         (("--model", MODEL, "--half-maps", MAP, MAP), ("half maps need the full map",)),
         (("--map", MAP, "--model", MODEL), ("needs --resolution",)),
-        (("--map", MAP, "--sequence", "SEQ"), ("model building",)),
+        (("--map", MAP, "--sequence", "SEQ"), ("needs --resolution",)),
+        (("--sequence", "SEQ"), ("needs a map",)),
         (("--map", MAP, "--model", MODEL, "--resolution", "3.2", "--sequence", "WRONG"), ("identity",)),
         (
             (
@@ -305,3 +307,29 @@ def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
     check = check_page(report)
     assert check.ok, check.errors
     assert check.facts["sections"] == ["stages", "inputs", "particles", "map", "refinement", "model"]
+
+
+def test_map_and_sequence_build_a_model_that_refine_and_validate_use(tmp_path):
+    """The build stage (the packaged builder) makes the model; refinement and validation take it."""
+    import gemmi
+
+    from cryostack.build.sidechains import sidechains_available
+
+    fasta = tmp_path / "ntd.fa"
+    ntd = gemmi.read_structure(MODEL)
+    seq = gemmi.one_letter_code([r.name for r in ntd[0][0]]).upper().replace("X", "")
+    fasta.write_text(f">6VYB_1|Chains A|Spike NTD\n{seq}\n")
+    toml = tmp_path / "quick.toml"
+    toml.write_text(QUICK_TOML.replace("max_recycles = 2", "max_recycles = 1") + "[enhance]\nenabled = false\n")
+    out = tmp_path / "run"
+    r = cli("--out", out, "--map", MAP, "--sequence", fasta, "--config", toml)
+    assert r.returncode == 0, r.stderr
+    st = stages(out)
+    assert st["build"] == "done" and st["refine"] == "done" and st["validate"] == "done", st
+    built = gemmi.read_structure(str(next(out.glob("*_build/model_built.cif"))))
+    assert [c.name for c in built[0]] == ["A"] and len(built[0]["A"]) == len(seq)
+    if sidechains_available():
+        assert built[0]["A"][0].find_atom("CB", "*") is not None
+    refine_rec = json.loads(next(out.glob("*_refine/stage.json")).read_text())
+    assert "_build/model_built.cif" in refine_rec["inputs"]["model"]["path"]
+    assert (out / "report.html").is_file()

@@ -6,7 +6,9 @@ Stages, in order, and when they run::
     map        a map (given or made)    grid facts, half-map FSC (0.143) and cFAR when halves exist
     enhance    a map of 4–10 Å          cryostack enhance -> enhanced map + confidence map, for
                                         looking and building (later stages use the experimental map)
-    build      (not in this release)    a sequence without a model is refused up front
+    build      a sequence, a map and    cryostack build -> model (backbone from the network, side chains
+               no model                 from ProMod3) in the map's frame; refine and validate use it.
+                                        With a model given, the sequence is checked against it instead
     dock       particles and a model    the reconstruction (any orientation, either hand) aligned
                                         onto the model's simulated map; half maps moved with it
     refine     a model and a map        cryostack refine -> refined model, before/after record
@@ -39,9 +41,7 @@ from cryostack.pipeline.config import RunConfig
 
 STAGES = ("particles", "map", "enhance", "build", "dock", "refine", "validate", "report")
 #: Stages of the mission not in this release: the plan lists them, the report says so.
-NOT_AVAILABLE = {
-    "build": "model building is not in this release yet",
-}
+NOT_AVAILABLE: dict[str, str] = {}
 
 
 class _Skipped(Exception):
@@ -108,8 +108,9 @@ def plan(inputs: RunInputs) -> list[str]:
         stages.append("particles")
     if has_map:
         stages += ["map", "enhance"]
-    if inputs.sequence is not None:
-        stages.append("build")
+    if inputs.sequence is not None and inputs.model is None and has_map:
+        # a model built into the map sits in the map's frame: no docking, straight to refinement
+        return stages + ["build", "refine", "validate", "report"]
     if inputs.model is not None:
         # a map from particles is in RELION's frame; a given map is taken to hold the model already
         stages += (["dock"] if inputs.particles is not None else []) + (["refine"] if has_map else []) + ["validate"]
@@ -125,13 +126,14 @@ def check_inputs(inputs: RunInputs, cfg: RunConfig) -> None:
         raise InputError(None, "give particles or a map, not both: the particles stage makes the map")
     if inputs.half_maps is not None and inputs.map is None:
         raise InputError(None, "half maps need the full map as well (--map)")
+    if inputs.sequence is not None and inputs.model is None and not (inputs.map or inputs.particles):
+        raise InputError(inputs.sequence, "model building needs a map (--map or --particles) as well as the sequence")
     if not (inputs.particles or inputs.map or inputs.model):
         raise InputError(None, "nothing to do: give --particles, --map or --model")
-    if inputs.sequence is not None and inputs.model is None:
-        raise InputError(inputs.sequence, f"a sequence alone needs model building, and {NOT_AVAILABLE['build']}; give --model as well")  # fmt: skip
     if inputs.particles is not None:
         cfg.wizard.engine.check()  # RELION installed, MPI settings sane
-    if inputs.map is not None and inputs.half_maps is None and cfg.resolution_A is None and inputs.model is not None:
+    needs_model_work = inputs.model is not None or inputs.sequence is not None
+    if inputs.map is not None and inputs.half_maps is None and cfg.resolution_A is None and needs_model_work:
         raise InputError(None, "a map without half maps needs --resolution (nothing to measure it from)")
     if inputs.sequence is not None and inputs.model is not None:
         from cryostack.io.models import read_structure
@@ -389,12 +391,36 @@ class Run:
             raise InputError(None, f"{what} needs a resolution: give --resolution (the half-map FSC could not measure one)")  # fmt: skip
         return self.resolution_A
 
+    def _prepare_build(self):
+        assert self.inputs.sequence is not None
+        m = self._map_inputs()
+        res = self._needs_resolution("model building")
+        stage_inputs = {"map": m["map"], "sequence": self.inputs.sequence}
+
+        def fn(folder: Path):
+            from cryostack.build.api import BuildConfig
+            from cryostack.pipeline.build_job import build_files
+
+            job = build_files(
+                m["map"], stage_inputs["sequence"], res, folder / "model_built.cif",
+                BuildConfig(resolution_A=res, device=self.cfg.device),
+            )  # fmt: skip
+            model, record, html = job.outputs
+            s = job.build.summary()
+            note = (
+                f"built {s['residues']} residues in {len(s['chains'])} chain(s), mean confidence {s['mean_confidence']}"
+            )
+            return {"model": model, "build_record": record, "build_html": html}, {**s, "note": note}
+
+        return stage_inputs, {"resolution_A": res, "device": self.cfg.device}, fn
+
     def _prepare_refine(self):
-        assert self.inputs.model is not None
+        model = self.products.get("model", self.inputs.model)
+        assert model is not None
         m = self._map_inputs()
         res = self._needs_resolution("refinement")
         settings = self.cfg.refine
-        stage_inputs = {"model": self.inputs.model, **m}
+        stage_inputs = {"model": model, **m}
         halves = self._halves(m)
 
         def fn(folder: Path):

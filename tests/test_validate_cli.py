@@ -35,12 +35,13 @@ def test_validate_map_and_model_writes_report_json_plots(tmp_path):
         str(tmp_path / "plots"),
     )
     assert r.returncode == 0, r.stderr
-    assert "CC_mask" in r.stdout and "Ramachandran" in r.stdout and "heavy-atom" in r.stdout
+    assert "CC_mask" in r.stdout and "Ramachandran" in r.stdout and "all-atom" in r.stdout
+    assert "heavy atoms only" in r.stdout
     d = json.loads(out.read_text())
     for key in ("cc_mask", "cc_box", "cc_volume", "cc_peaks", "cc_mc", "cc_sc", "fsc05_resolution", "q_score"):
         assert isinstance(d["map_model"][key], float), key
     g = d["geometry"]
-    for key in ("bond_rmsd", "angle_rmsd", "cbeta_deviations", "clashscore"):
+    for key in ("bond_rmsd", "angle_rmsd", "cbeta_deviations", "clashscore", "clashscore_heavy_atom"):
         assert key in g, key
     for section in ("ramachandran", "rotamer"):
         assert {"favored_pct", "allowed_pct", "outlier_pct", "outliers"} <= set(g[section])

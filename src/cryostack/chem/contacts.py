@@ -11,3 +11,20 @@ HBOND_ELEMENTS = {"N", "O"}
 HBOND_MIN_DISTANCE_A = 2.5
 #: Overlap (Å) beyond van der Waals contact that makes a serious clash (MolProbity: 0.4).
 CLASH_OVERLAP_A = 0.4
+
+# All-atom contacts (explicit hydrogens), as Probe scores them for MolProbity's clashscore. These
+# radii go with hydrogens at electron-cloud X–H distances (MolProbity's default since 2017); the
+# heavy-atom radii above are unchanged so the heavy-atom clashscore stays comparable with before.
+#: Hydrogen on N, O or S (Probe's polar-H radius).
+H_POLAR_RADIUS_A = 1.05
+#: Hydrogen on carbon.
+H_NONPOLAR_RADIUS_A = 1.10
+#: sp2 carbon bonded to oxygen (carbonyl, carboxyl): smaller than 1.70 Å, else every C=O···N
+#: contact of a good model would count as a clash.
+CARBONYL_C_RADIUS_A = 1.65
+#: Aromatic ring carbon.
+AROMATIC_C_RADIUS_A = 1.75
+#: Overlap (Å) that a polar hydrogen and an acceptor may have as a hydrogen bond before it is a clash.
+HBOND_OVERLAP_A = 0.6
+#: The same when both partners are charged (salt bridge: Lys/Arg/N-terminus to carboxylate/phosphate).
+HBOND_CHARGED_OVERLAP_A = 0.8

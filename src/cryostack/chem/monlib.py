@@ -35,16 +35,29 @@ def monomer_library(names: tuple[str, ...]) -> gemmi.MonLib:
     return gemmi.read_monomer_lib(str(monomer_library_dir()), list(names), ignore_missing=True)
 
 
-def topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
+def topology(
+    structure: Structure,
+    h_change: gemmi.HydrogenChange = gemmi.HydrogenChange.NoChange,
+    automatic_links: bool = False,
+) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
     """gemmi topology of the first model: ``(prepared copy, topology, missing)``.
 
     ``missing`` lists residue names without a dictionary (left out of the copy) and
-    ``chain/RESnum/atom`` of atoms their dictionary lacks (removed from the copy).
+    ``chain/RESnum/atom`` of atoms their dictionary lacks (removed from the copy). ``h_change``
+    is gemmi's: the default keeps the model's hydrogens as they are; ``ReAddButWater`` gives
+    riding hydrogens from the dictionaries (electron-cloud X–H distances). A copy that was
+    prepared once cannot be prepared again with other hydrogens (gemmi keeps the links it
+    matched), so each setting starts from ``structure``. ``automatic_links`` adds the links
+    that the file does not declare but the monomer library's link definitions find by distance
+    (disulfides and glycosylation in AlphaFold models and refinement outputs without LINK records).
     """
     names = tuple(sorted(structure.model.get_all_residue_names()))
     monlib = monomer_library(names)
     missing = [n for n in names if n not in monlib.monomers]
     dropped: list[tuple[str, str, str]] = []  # (chain, seqid, atom name) the dictionary does not know
+    # Link ids the file names with its partners in the other order (gemmi writes them so after
+    # matching e.g. ASN ND2 → NAG C1 as pyr-ASN); cleared, gemmi matches them again either way.
+    unnamed_links: set[str] = set()
 
     def prepared() -> gemmi.Structure:
         st = structure.gemmi.clone()
@@ -60,6 +73,11 @@ def topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[st
             res = st[0][chain_name][seqid][0]
             for i in reversed([i for i, a in enumerate(res) if a.name == atom_name]):
                 del res[i]
+        for conn in st.connections:
+            if conn.link_id in unnamed_links:
+                conn.link_id = ""
+        if automatic_links:
+            gemmi.add_automatic_links(st[0], st, monlib)
         return st
 
     # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out. A
@@ -71,13 +89,17 @@ def topology(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[st
                 st,
                 monlib,
                 model_index=0,
-                h_change=gemmi.HydrogenChange.NoChange,
+                h_change=h_change,
                 reorder=False,
                 warnings=None,
                 ignore_unknown_links=True,
             )
             return st, topo, missing
         except RuntimeError as exc:
+            link = re.match(r"link from the monomer library does not match: (\S+)", str(exc))
+            if link and link.group(1) not in unnamed_links:
+                unnamed_links.add(link.group(1))
+                continue
             m = re.match(r"definition not found for (\S+)/(\S+) +(-?\d+)(\S?)/(\S+)", str(exc))
             if not m:  # a model gemmi cannot make a topology of: an input problem, said in one line
                 raise InputError(structure.source or "model", f"no restraint topology ({exc})") from None

@@ -139,8 +139,12 @@ def validate(
         )
     if result.geometry.clashscore_method.startswith("heavy-atom"):
         result.notes.append(
-            "clashscore is heavy-atom based (no hydrogens in the model): lower than MolProbity's all-atom value"
+            f"clashscore is {result.geometry.clashscore_method}: lower than MolProbity's all-atom value"
         )
+    no_h = [n for n in result.geometry.residues_without_dictionary if "/" not in n]
+    if no_h and not result.geometry.clashscore_method.startswith("heavy-atom"):
+        # Their heavy atoms are still in the all-atom clashscore, but without their hydrogens.
+        result.notes.append(f"clashscore: no hydrogens placed on {', '.join(no_h)} (no monomer-library entry)")
 
     has_protein = bool((atoms.residue_class == PROTEIN).any())
     n_trace, n_protein = trace_residues(atoms)
@@ -148,8 +152,9 @@ def validate(
         # A Cα trace (what builders produce first) has no bonds, angles, φ/ψ or side chains, and
         # heavy-atom radii say nothing about Cα–Cα contacts: those scores are left out, not zeroed.
         result.geometry.clashscore = None
+        result.geometry.clashscore_heavy_atom = None
         result.geometry.clashes = []
-        result.notes = [n for n in result.notes if not n.startswith("clashscore is heavy-atom")]
+        result.notes = [n for n in result.notes if not n.startswith("clashscore")]
         result.notes.append(
             f"Cα trace ({n_trace} of {n_protein} protein residues have only Cα): bond/angle, clash, "
             "Ramachandran, rotamer and Cβ scores need full residues and are not reported"

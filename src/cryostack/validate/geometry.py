@@ -5,25 +5,25 @@ Restraints come from gemmi's topology built with a complete copy of the CCP4 mon
 and has broken entries). Residues without a dictionary are reported and left out of the
 geometry scores, never silently scored against nothing.
 
-Clashscore here is **heavy-atom based** unless the model carries hydrogens: without riding
-hydrogens it counts serious overlaps (≥ 0.4 Å) between non-hydrogen atoms, which finds fewer
-clashes than MolProbity's all-atom Probe score. The output says which was used.
+``clashscore`` is all-atom, as MolProbity's: riding hydrogens are placed from the same
+dictionaries and Probe's contact rules are applied (:mod:`cryostack.validate.clashes`).
+``clashscore_heavy_atom`` keeps the older score over non-hydrogen atoms, which finds fewer
+clashes; it is also the ``clashscore`` where gemmi cannot place the hydrogens, and
+``clashscore_method`` says so.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import gemmi
 import numpy as np
-from scipy import sparse
-from scipy.spatial import cKDTree
 
-from cryostack.chem.contacts import CLASH_OVERLAP_A, HBOND_ELEMENTS, HBOND_MIN_DISTANCE_A, VDW_RADII_A
 from cryostack.chem.monlib import atom_key, topology
+from cryostack.errors import InputError
 from cryostack.io.models import Structure
+from cryostack.validate.clashes import HEAVY_ATOM_METHOD, all_atom_clashes, atom_ref, heavy_atom_clashes
 
 OUTLIER_SIGMA = 4.0
 
@@ -44,9 +44,10 @@ class GeometryResult:
     chirality_errors: list[dict] = field(default_factory=list)
     cis_peptides: list[dict] = field(default_factory=list)
     twisted_peptides: list[dict] = field(default_factory=list)
-    clashscore: float | None = None
+    clashscore: float | None = None  # all-atom (riding H) unless clashscore_method says otherwise
     clashes: list[dict] = field(default_factory=list)
-    clashscore_method: str = "heavy-atom"
+    clashscore_method: str = "none"
+    clashscore_heavy_atom: float | None = None  # non-hydrogen atoms only: lower than MolProbity's
     residues_without_dictionary: list[str] = field(default_factory=list)  # names, or chain/res/atom
 
     def to_dict(self) -> dict:
@@ -62,13 +63,10 @@ class GeometryResult:
             "twisted_peptides": self.twisted_peptides,
             "clashscore": self.clashscore,
             "clashscore_method": self.clashscore_method,
+            "clashscore_heavy_atom": self.clashscore_heavy_atom,
             "clashes": self.clashes,
             "residues_without_dictionary": self.residues_without_dictionary,
         }
-
-
-def _atom_ref(atom: gemmi.Atom, res: gemmi.Residue, chain: str) -> str:
-    return f"{chain}/{res.name}{res.seqid.num}{res.seqid.icode.strip()}/{atom.name}"
 
 
 def geometry(structure: Structure) -> GeometryResult:
@@ -79,7 +77,7 @@ def geometry(structure: Structure) -> GeometryResult:
 
     def ref(atom: gemmi.Atom) -> tuple[str, dict]:
         res, ch = where[atom_key(atom)]
-        return _atom_ref(atom, res, ch), _res_ref(res, ch)
+        return atom_ref(atom, res, ch), _res_ref(res, ch)
 
     bond_dev, bond_out = [], []
     for b in topo.bonds:
@@ -121,7 +119,13 @@ def geometry(structure: Structure) -> GeometryResult:
             chir.append({**r, "centre": c.atoms[0].name, "volume_A3": round(c.calculate(), 2)})
 
     cis, twisted = _peptide_omega(st)
-    clashscore, clashes, method = _clashes(st, topo)
+    heavy = heavy_atom_clashes(st, topo)
+    try:
+        clash = all_atom_clashes(structure)
+    except InputError as exc:
+        # gemmi could not place the hydrogens: report the heavy-atom score, and say so.
+        clash = heavy
+        clash.method = f"{HEAVY_ATOM_METHOD} (hydrogens could not be placed: {exc.problem})"
     return GeometryResult(
         bond_rmsd=float(np.sqrt(np.mean(np.square(bond_dev)))) if bond_dev else None,
         angle_rmsd=float(np.sqrt(np.mean(np.square(ang_dev)))) if ang_dev else None,
@@ -132,9 +136,10 @@ def geometry(structure: Structure) -> GeometryResult:
         chirality_errors=chir,
         cis_peptides=cis,
         twisted_peptides=twisted,
-        clashscore=clashscore,
-        clashes=clashes,
-        clashscore_method=method,
+        clashscore=clash.clashscore,
+        clashes=clash.clashes,
+        clashscore_method=clash.method,
+        clashscore_heavy_atom=heavy.clashscore,
         residues_without_dictionary=missing,
     )
 
@@ -160,74 +165,3 @@ def _peptide_omega(st: gemmi.Structure) -> tuple[list[dict], list[dict]]:
             elif abs(omega) < 150:
                 twisted.append(entry)
     return cis, twisted
-
-
-def _clashes(st: gemmi.Structure, topo: gemmi.Topo) -> tuple[float | None, list[dict], str]:
-    """Serious overlaps (≥ 0.4 Å) between atoms more than three bonds apart, per 1,000 atoms."""
-    atoms, info = [], []
-    for chain in st[0]:
-        for res in chain:
-            for atom in res:
-                if atom.altloc not in ("\0", "A"):
-                    continue
-                atoms.append(atom)
-                info.append((chain.name, res))
-    if not atoms:
-        return None, [], "none"
-    has_h = any(a.is_hydrogen() for a in atoms)
-    method = "all-atom (model hydrogens)" if has_h else "heavy-atom (no hydrogens in model)"
-    index = {atom_key(a): i for i, a in enumerate(atoms)}
-    xyz = np.array([a.pos.tolist() for a in atoms])
-    elem = [a.element.name.upper() for a in atoms]
-    elem_arr = np.array(elem)
-    radii = np.array([VDW_RADII_A.get(e, 1.8) for e in elem])
-
-    # Bond graph from the topology; pairs within three bonds are excluded.
-    bi, bj = [], []
-    for b in topo.bonds:
-        i, j = index.get(atom_key(b.atoms[0])), index.get(atom_key(b.atoms[1]))
-        if i is not None and j is not None:
-            bi.append(i)
-            bj.append(j)
-
-    tree = cKDTree(xyz)
-    pairs = tree.query_pairs(r=2 * radii.max() - CLASH_OVERLAP_A, output_type="ndarray")
-    p1, p2 = pairs[:, 0], pairs[:, 1]
-    d = np.linalg.norm(xyz[p1] - xyz[p2], axis=1)
-    overlap = radii[p1] + radii[p2] - d
-    polar = np.isin(elem_arr, list(HBOND_ELEMENTS))
-    hbond = polar[p1] & polar[p2] & (d >= HBOND_MIN_DISTANCE_A)  # a plausible hydrogen bond, not a clash
-    keep = (overlap >= CLASH_OVERLAP_A) & ~hbond
-    keep[keep] = ~_within_bonds(bi, bj, len(atoms), p1[keep], p2[keep], 3)
-    clashes: list[dict[str, Any]] = []
-    for i, j, dist, ov in zip(p1[keep], p2[keep], d[keep], overlap[keep]):
-        ci, ri = info[i]
-        cj, rj = info[j]
-        clashes.append(
-            {
-                "atom1": _atom_ref(atoms[i], ri, ci),
-                "atom2": _atom_ref(atoms[j], rj, cj),
-                "distance_A": round(float(dist), 2),
-                "overlap_A": round(float(ov), 2),
-            }
-        )
-    clashes.sort(key=lambda c: -c["overlap_A"])
-    return 1000.0 * len(clashes) / len(atoms), clashes, method
-
-
-def _within_bonds(
-    bond_i: list[int], bond_j: list[int], n_atoms: int, i: np.ndarray, j: np.ndarray, depth: int
-) -> np.ndarray:
-    """Whether atoms ``i[k]`` and ``j[k]`` are joined by a path of at most ``depth`` bonds."""
-    if len(i) == 0:  # scipy returns a sparse matrix, not an array, for an empty selection
-        return np.zeros(0, dtype=bool)
-    adj = sparse.coo_matrix(
-        (np.ones(2 * len(bond_i)), (bond_i + bond_j, bond_j + bond_i)), shape=(n_atoms, n_atoms)
-    ).tocsr()
-    adj.data[:] = 1.0
-    reach, walk = adj.copy(), adj
-    for _ in range(depth - 1):
-        walk = walk @ adj
-        walk.data[:] = 1.0  # only connectivity matters; keeps the counts from growing
-        reach = reach + walk
-    return np.asarray(reach[i, j]).ravel() > 0

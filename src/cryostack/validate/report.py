@@ -63,6 +63,8 @@ def table_rows(d: dict) -> list[tuple[str, str]]:
         ("  Cis / twisted peptides", f"{len(g.get('cis_peptides', []))} / {len(g.get('twisted_peptides', []))}"),
         (f"  Clashscore ({g.get('clashscore_method', '')})", _f(g.get("clashscore"), "{:.2f}")),
     ]
+    if g.get("clashscore_heavy_atom") is not None and not g.get("clashscore_method", "").startswith("heavy-atom"):
+        rows.append(("  Clashscore (heavy atoms only)", _f(g["clashscore_heavy_atom"], "{:.2f}")))
     if "ramachandran" in g:
         r = g["ramachandran"]
         rows.append(

@@ -13,7 +13,6 @@ The same entry point runs on the CPU, one GPU, or several under ``torchrun``
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,12 +24,18 @@ import torch.nn.functional as F
 
 from cryostack.build.featurize import BUILD_VOXEL_A, BuildExample, collate, example_from_item
 from cryostack.build.losses import calpha_voxels, dense_losses, dense_targets, pointer_loss, structure_losses
-from cryostack.build.model import MODEL_NAME, BuilderConfig, ModelBuilder, load_builder, save_builder, unknown_types_like
+from cryostack.build.model import (
+    MODEL_NAME,
+    BuilderConfig,
+    ModelBuilder,
+    load_builder,
+    save_builder,
+    unknown_types_like,
+)
 from cryostack.data.datasets import SimulatedMapDataset
 from cryostack.data.synthetic import SimulationConfig
 from cryostack.geometry.frames import backbone_from_frames, frames_from_backbone, quaternion_update
-from cryostack.io.atomic import atomic_output
-from cryostack.learn.card import write_model_card
+from cryostack.learn.card import write_run_report
 from cryostack.learn.loop import TrainConfig, TrainState
 from cryostack.learn.loop import train as train_loop
 from cryostack.learn.provenance import provenance
@@ -107,7 +112,9 @@ def total_loss(out: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[tor
     heads = out["dense"]
     voxel, inside = calpha_voxels(true_bb, mask, heads.shape[2:], out["grid_origin_A"], out["grid_spacing_A"])
     terms["pointer"] = pointer_loss(out["pointer_logits"], voxel, inside)
-    targets = dense_targets(true_bb, mask, batch["true_type"], heads.shape[2:], out["grid_origin_A"], out["grid_spacing_A"])
+    targets = dense_targets(
+        true_bb, mask, batch["true_type"], heads.shape[2:], out["grid_origin_A"], out["grid_spacing_A"]
+    )
     terms.update(dense_losses(heads, *targets))
     rot, trans = out["frames"][-1]
     ca_err = (backbone_from_frames(rot, trans)[..., 1, :] - true_bb[..., 1, :]).norm(dim=-1).detach()
@@ -151,7 +158,9 @@ class BuildTask:
         return total
 
 
-def noisy_true_frames(backbone_A: torch.Tensor, noise_A: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def noisy_true_frames(
+    backbone_A: torch.Tensor, noise_A: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """True frames of ``backbone_A`` ``(B, R, 3, 3)`` with Gaussian translation noise (SD ``noise_A``
     Å) and a random rotation about a random axis (angle SD ``noise_A`` × 10°)."""
     rot, trans = frames_from_backbone(backbone_A[..., 0, :], backbone_A[..., 1, :], backbone_A[..., 2, :])
@@ -223,9 +232,7 @@ def train_builder(
         raise ValueError(f"{corpus_dir}: no full-atom train chains (export the corpus with --sidechains)")
     sim = cfg.simulation()
     train_set = SimulatedMapDataset(corpus, sim, split="train", indices=train_idx, length=10**9, seed=cfg.seed)
-    val_set = SimulatedMapDataset(
-        corpus, sim, split="val", indices=val_idx or None, length=10**6, seed=cfg.seed + 1
-    )
+    val_set = SimulatedMapDataset(corpus, sim, split="val", indices=val_idx or None, length=10**6, seed=cfg.seed + 1)
     vrng = np.random.default_rng(cfg.seed + 1)
     val_batches = []
     for _ in range(max(1, cfg.val_items // 2)):
@@ -249,29 +256,15 @@ def train_builder(
     final = evaluate(model, val_batches, device)
     prov = provenance(data_files)
     save_builder(out / "builder.pt", model, prov, extra={"train_config": cfg.to_dict()})
-    report = {
-        "date": prov["date_utc"],
-        "git_commit": prov["git_commit"],
-        "machine": prov["machine"],
-        "corpus": str(Path(corpus_dir).resolve()),
-        "train_chains_full_atom": len(train_idx),
-        "val_chains_full_atom": len(val_idx),
-        "steps": state.step,
-        "finished": state.step >= cfg.steps,
-        "wall_time_s": round(state.elapsed_s, 1),
-        "parameters": model.n_parameters(),
-        "train_config": cfg.to_dict(),
-        "model_config": model.cfg.to_dict(),
-        "val": final,
-        "history": state.history,
-    }
-    with atomic_output(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    write_model_card(
-        out / "builder.md",
-        name="Model builder (draft card)",
-        summary="Map + sequence → backbone frames, trained on simulated 3–6 Å maps of corpus chains.",
+    return write_run_report(
+        out, card_file="builder.md", card_name="Model builder (draft card)",
+        card_summary="Map + sequence → backbone frames, trained on simulated 3–6 Å maps of corpus chains.",
         provenance=prov,
-        sections={"Run": {k: report[k] for k in ("steps", "wall_time_s", "parameters", "val", "train_config")}},
-    )
-    return report
+        data={
+            "corpus": str(Path(corpus_dir).resolve()),
+            "train_chains_full_atom": len(train_idx),
+            "val_chains_full_atom": len(val_idx),
+        },
+        steps_done=state.step, steps_planned=cfg.steps, wall_time_s=state.elapsed_s, model=model,
+        train_config=cfg.to_dict(), val=final, history=state.history,
+    )  # fmt: skip

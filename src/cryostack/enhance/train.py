@@ -14,7 +14,6 @@ is trained too; the ablation without embeddings is the same run with ``bypass_pr
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from cryostack.enhance.embed import ProteinMPNNEmbedder, StructureEmbedder, back
 from cryostack.enhance.featurize import normalize, normalize_target, rotate_cube
 from cryostack.enhance.model import MODEL_NAME, EnhanceUNet, UNetConfig, load_enhancer, save_enhancer
 from cryostack.io.atomic import atomic_output
-from cryostack.learn.card import write_model_card
+from cryostack.learn.card import write_run_report
 from cryostack.learn.loop import TrainConfig, TrainState
 from cryostack.learn.loop import train as train_loop
 from cryostack.learn.provenance import provenance
@@ -250,30 +249,16 @@ def train_enhancer(
     final = evaluate(model, val_items, device)
     prov = provenance(data_files)
     save_enhancer(out / "enhancer.pt", model, prov, extra={"train_config": cfg.to_dict()})
-    report = {
-        "date": prov["date_utc"],
-        "git_commit": prov["git_commit"],
-        "machine": prov["machine"],
-        "corpus": str(Path(corpus_dir).resolve()),
-        "train_chains_full_atom": int(train_idx.size),
-        "val_chains_full_atom": int(val_idx.size),
-        "embedder": getattr(embeddings.embedder, "name", None) if embeddings else None,
-        "steps": state.step,
-        "finished": state.step >= cfg.steps,
-        "wall_time_s": round(state.elapsed_s, 1),
-        "parameters": model.n_parameters(),
-        "train_config": cfg.to_dict(),
-        "model_config": model.cfg.to_dict(),
-        "val": final,
-        "history": state.history,
-    }
-    with atomic_output(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    write_model_card(
-        out / "enhancer.md",
-        name="Map enhancer (draft card)",
-        summary="3D U-Net with linear attention trained on simulated 4–8 Å maps of corpus chains.",
+    return write_run_report(
+        out, card_file="enhancer.md", card_name="Map enhancer (draft card)",
+        card_summary="3D U-Net with linear attention trained on simulated 4–8 Å maps of corpus chains.",
         provenance=prov,
-        sections={"Run": {k: report[k] for k in ("steps", "wall_time_s", "parameters", "val", "train_config")}},
-    )
-    return report
+        data={
+            "corpus": str(Path(corpus_dir).resolve()),
+            "train_chains_full_atom": int(train_idx.size),
+            "val_chains_full_atom": int(val_idx.size),
+            "embedder": getattr(embeddings.embedder, "name", None) if embeddings else None,
+        },
+        steps_done=state.step, steps_planned=cfg.steps, wall_time_s=state.elapsed_s, model=model,
+        train_config=cfg.to_dict(), val=final, history=state.history,
+    )  # fmt: skip

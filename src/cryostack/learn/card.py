@@ -49,3 +49,48 @@ def write_model_card(
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts))
     return Path(path)
+
+
+def write_run_report(
+    out_dir: str | Path,
+    *,
+    card_file: str,
+    card_name: str,
+    card_summary: str,
+    provenance: dict[str, Any],
+    data: dict[str, Any],
+    steps_done: int,
+    steps_planned: int,
+    wall_time_s: float,
+    model: Any,
+    train_config: dict[str, Any],
+    val: dict[str, Any],
+    history: list,
+) -> dict[str, Any]:
+    """A finished (or paused) run's ``report.json`` and draft card ``card_file`` in ``out_dir``.
+
+    ``data`` says what the run trained on (corpus, chain counts, ...); ``model`` has ``cfg`` (with
+    ``to_dict``) and ``n_parameters()``. Returns the report.
+    """
+    out = Path(out_dir)
+    report = {
+        "date": provenance["date_utc"],
+        "git_commit": provenance["git_commit"],
+        "machine": provenance["machine"],
+        **data,
+        "steps": steps_done,
+        "finished": steps_done >= steps_planned,
+        "wall_time_s": round(wall_time_s, 1),
+        "parameters": model.n_parameters(),
+        "train_config": train_config,
+        "model_config": model.cfg.to_dict(),
+        "val": val,
+        "history": history,
+    }
+    with atomic_output(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    write_model_card(
+        out / card_file, name=card_name, summary=card_summary, provenance=provenance,
+        sections={"Run": {k: report[k] for k in ("steps", "wall_time_s", "parameters", "val", "train_config")}},
+    )  # fmt: skip
+    return report

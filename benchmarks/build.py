@@ -1,5 +1,7 @@
 """Model building from map + sequence, judged against the true or deposited model, in one run:
-the builder, the builder without the sequence (``--no-sequence``) and without the frame GNN.
+the builder, the builder without the sequence (``--no-sequence``), without the frame GNN, and
+with the GNN started from the pointer's soft (attention-weighted) positions instead of one
+residue per predicted Cα site.
 
 Run from the repository root (after ``cryostack data corpus --sidechains``)::
 
@@ -38,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "maps"
 RESOLUTIONS_A = (3.0, 4.5, 6.0)
-VARIANTS = ("builder", "no_sequence", "no_gnn")
+VARIANTS = ("builder", "no_sequence", "no_gnn", "soft_pointer")
 GOALS = {"tm_at_3A": 0.85, "ca_within_3A_at_3A": 0.90, "tm_real_ntd": 0.70, "seconds_per_300_residues_cpu": 60.0}
 
 
@@ -120,8 +122,9 @@ def run_variant(variant: str, case: dict[str, Any], model, sidechains: bool) -> 
     from cryostack.validate.tracing import tracing_scores
 
     cfg = BuildConfig(
-        resolution_A=case["resolution_A"], use_sequence=variant != "no_sequence", use_gnn=variant != "no_gnn"
-    )
+        resolution_A=case["resolution_A"], use_sequence=variant != "no_sequence", use_gnn=variant != "no_gnn",
+        decode="soft" if variant == "soft_pointer" else "sites",
+    )  # fmt: skip
     seq = case["sequence"]
     t0 = time.perf_counter()
     result = build_model(case["density"], [ChainSpec("A", "query", seq)], cfg, model=model)

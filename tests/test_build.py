@@ -245,6 +245,25 @@ def test_build_follows_the_map_origin_and_merges_crops(tiny_run):
     assert any("overlapping crops" in n for n in tiled.notes)
 
 
+def test_sites_are_suppressed_peaks_and_each_takes_one_residue():
+    from cryostack.build.api import assign_residues_to_sites, calpha_sites
+
+    dense = torch.full((25, 6, 6, 6), -10.0)
+    dense[0, 1, 1, 1] = dense[0, 1, 1, 2] = 5.0  # two voxels 3 Å apart, offsets bring them 1 Å apart
+    dense[1, 1, 1, 1], dense[1, 1, 1, 2] = 1.0, -1.0
+    dense[0, 4, 4, 4] = 3.0
+    sites, voxel = calpha_sites(dense, torch.tensor([10.0, 0.0, 0.0]), 3.0)
+    assert len(sites) == 2  # the weaker of two peaks 1 Å apart is suppressed
+    flat = lambda z, y, x: (z * 6 + y) * 6 + x  # noqa: E731
+    assert set(voxel.tolist()) <= {flat(1, 1, 1), flat(1, 1, 2), flat(4, 4, 4)} and flat(4, 4, 4) in voxel.tolist()
+    logits = torch.zeros(3, 216)
+    logits[:, flat(4, 4, 4)] = torch.tensor([5.0, 4.0, 0.0])  # residues 0 and 1 both want the far site
+    logits[1, voxel[0]] = 3.0
+    r, c = assign_residues_to_sites(logits, voxel)
+    got = dict(zip(r.tolist(), voxel[c].tolist()))
+    assert got[0] == flat(4, 4, 4) and got[1] == int(voxel[0]) and 2 not in got  # one residue per site
+
+
 def test_frames_to_structure_writes_backbone_with_cbeta_and_poly_unk():
     bb = torch.as_tensor(_helix_backbone(5))
     rot, trans = frames_from_backbone(bb[:, 0], bb[:, 1], bb[:, 2])
@@ -334,3 +353,51 @@ def test_cli_build_refuses_bad_input(tiny_run, tmp_path, shared_file):
     r = run("build", "--map", str(src), "--sequence", str(prot), "--resolution", "4", "--out", str(src),
             "--checkpoint", ckpt, "--no-progress")  # fmt: skip
     assert r.returncode == 2 and "overwrite" in r.stderr
+
+
+#: The real maps of the shared data (map, sequence source, resolution Å); sequences from the models.
+REAL = [
+    ("maps/emd_21457_spike_ntd_segment/emd_21457_seg.mrc", "maps/emd_21457_spike_ntd_segment/6vyb_Ndom.pdb", 3.2),
+    ("maps/emd_5168_factin/emd_5168_monomer.mrc", "maps/emd_5168_factin/3MFP.pdb", 6.6),
+    ("maps/emd_5168_factin/emd_5168.map", "maps/emd_5168_factin/3MFP.pdb", 6.6),
+    ("maps/cryonet_refine_boxed/4uft.mrc", "maps/cryonet_refine_boxed/4uft_af3.cif", 3.3),
+    ("maps/cryonet_refine_boxed/6vrc.mrc", "maps/cryonet_refine_boxed/6vrc_af3.cif", 3.1),
+    ("maps/cryonet_refine_boxed/6ksw.mrc", "maps/cryonet_refine_boxed/6ksw_af3.cif", 3.6),
+]
+
+
+@pytest.mark.parametrize(("map_rel", "seq_rel", "resolution_A"), REAL, ids=[Path(m).stem for m, _, _ in REAL])
+def test_packaged_builder_puts_a_model_inside_each_real_map(shared_file, map_rel, seq_rel, resolution_A):
+    """The shipped network, backbone only: every chain of the sequence source is built, in the
+    map's box and on its density (``placement_statistics``: the map at the atoms stands above the
+    map's mean and above rigidly shifted copies of the model)."""
+    from cryostack.density.metrics import placement_statistics
+    from cryostack.io.maps import read_map
+
+    density = read_map(shared_file(map_rel))
+    src = gemmi.read_structure(str(shared_file(seq_rel)))
+    chains = [
+        ChainSpec(
+            ch.name,
+            ch.name,
+            gemmi.one_letter_code(
+                [
+                    r.name
+                    for r in ch
+                    if gemmi.find_tabulated_residue(r.name) is not None
+                    and gemmi.find_tabulated_residue(r.name).is_amino_acid()
+                ]
+            ).upper(),
+        )
+        for ch in src[0]
+        if any(
+            gemmi.find_tabulated_residue(r.name) is not None and gemmi.find_tabulated_residue(r.name).is_amino_acid()
+            for r in ch
+        )
+    ]
+    result = build_model(density, chains, BuildConfig(resolution_A=resolution_A))
+    xyz = np.array([a.pos.tolist() for ch in result.structure.model for r in ch for a in r])
+    assert len(result.confidence) == sum(len(c.sequence) for c in chains)
+    p = placement_statistics(density, xyz)
+    assert p.n_atoms == len(xyz)  # every atom inside the map's box
+    assert p.z_map > 1.0 and p.z_displaced > 1.0, p

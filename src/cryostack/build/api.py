@@ -62,6 +62,9 @@ class BuildConfig:
     use_gnn: bool = True  # False: the pointer's frames only (ablation)
     crop_voxels: int = 64  # at 1.5 Å/voxel; larger maps are covered by overlapping crops
     overlap_voxels: int = 16
+    # "sites": each residue starts the GNN on its own predicted Cα site (one residue per site,
+    # chosen by the pointer's scores); "soft": on the pointer's attention-weighted mean position
+    decode: str = "sites"
 
 
 @dataclass
@@ -154,7 +157,9 @@ def build_model(
     """
     t0 = time.perf_counter()
     if cfg.resolution_A > 8.0:
-        raise InputError(density.source, f"resolution {cfg.resolution_A} Å is coarser than 8 Å; backbone tracing needs better")
+        raise InputError(
+            density.source, f"resolution {cfg.resolution_A} Å is coarser than 8 Å; backbone tracing needs better"
+        )
     if not chains or not sum(len(c.sequence) for c in chains):
         raise InputError(None, "no residues to build")
     data, origin, notes = prepare_map(density)
@@ -185,28 +190,90 @@ def build_model(
     for k, (z0, y0, x0) in enumerate(boxes):
         sub = data[z0 : z0 + crop, y0 : y0 + crop, x0 : x0 + crop]
         sub_origin = origin + np.array([x0, y0, z0]) * BUILD_VOXEL_A
-        out = net(
+        inputs = (
             torch.from_numpy(np.ascontiguousarray(sub))[None, None].to(cfg.device),
             torch.as_tensor(sub_origin, dtype=torch.float32)[None].to(cfg.device),
             rt, pos, mask,
-            gnn_layers=None if cfg.use_gnn else 0,
         )  # fmt: skip
+        out = net(*inputs, gnn_layers=None if cfg.use_gnn and cfg.decode == "soft" else 0)
+        if cfg.decode == "sites":
+            rot0, trans0 = out["frames"][0]
+            trans0 = trans0.clone()
+            sites, site_voxel = calpha_sites(out["dense"][0], out["grid_origin_A"][0], out["grid_spacing_A"])
+            r_idx, s_idx = assign_residues_to_sites(out["pointer_logits"][0], site_voxel)
+            trans0[0, r_idx] = sites[s_idx].to(trans0)
+            if cfg.use_gnn:
+                out = net(*inputs, gnn_start=(rot0, trans0))
+            else:
+                out["frames"] = [(rot0, trans0)]
         rot, trans = (t[0].double().cpu().numpy() for t in out["frames"][-1])
         conf = torch.sigmoid(out["confidence_logit"][0]).double().cpu().numpy()
         # prefer the crop whose core (away from overlaps with neighbours) holds the Cα
         extent = np.array(sub.shape[::-1]) * BUILD_VOXEL_A
         lo = sub_origin + np.where(np.array([x0, y0, z0]) > 0, margin, 0)
-        hi = sub_origin + extent - np.where(np.array([x0, y0, z0]) + np.array(sub.shape[::-1]) < data.shape[::-1], margin, 0)
+        hi = (
+            sub_origin
+            + extent
+            - np.where(np.array([x0, y0, z0]) + np.array(sub.shape[::-1]) < data.shape[::-1], margin, 0)
+        )
         in_core = np.all((trans >= lo) & (trans <= hi), axis=1)
         score = conf + in_core
         take = score > best_score
-        best_score[take], best_rot[take], best_trans[take], best_conf[take] = score[take], rot[take], trans[take], conf[take]
+        best_score[take], best_rot[take], best_trans[take], best_conf[take] = (
+            score[take],
+            rot[take],
+            trans[take],
+            conf[take],
+        )
         if progress:
             progress(k + 1, len(boxes))
     structure = frames_to_structure(best_rot, best_trans, best_conf, chains, use_sequence=cfg.use_sequence)
     if len(boxes) > 1:
         notes.append(f"map covered by {len(boxes)} overlapping crops of {crop * BUILD_VOXEL_A:.0f} Å")
     return BuildResult(structure, chains, best_conf, len(boxes), time.perf_counter() - t0, notes)
+
+
+def calpha_sites(
+    dense: torch.Tensor, origin_A: torch.Tensor, spacing_A: float, *, min_probability: float = 0.3,
+    min_separation_A: float = 2.8,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Predicted Cα sites from the dense heads ``(25, Z, Y, X)``: voxels whose Cα probability is at
+    least ``min_probability``, moved by their predicted offset, strongest first, none closer than
+    ``min_separation_A`` to a stronger one (two Cα are 3.8 Å apart). Returns positions ``(S, 3)``
+    Å and the flat index of each site's voxel ``(S,)``."""
+    prob = torch.sigmoid(dense[0]).flatten()
+    z, y, x = dense.shape[1:]
+    cand = torch.nonzero(prob >= min_probability).flatten()
+    cand = cand[torch.argsort(prob[cand], descending=True)]
+    from cryostack.build.model import voxel_centres
+
+    centres = voxel_centres((z, y, x), spacing_A, dense.device)
+    pts = (origin_A + centres[cand] + dense[1:4].reshape(3, -1).T[cand]).cpu().numpy()
+    keep: list[int] = []
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(pts) if len(pts) else None
+    taken = np.zeros(len(pts), dtype=bool)
+    for i in range(len(pts)):  # greedy non-maximum suppression, strongest first
+        if taken[i]:
+            continue
+        keep.append(i)
+        assert tree is not None
+        taken[tree.query_ball_point(pts[i], min_separation_A)] = True
+    k = torch.as_tensor(keep, dtype=torch.long)
+    return torch.as_tensor(pts[keep]).reshape(-1, 3), cand[k] if len(keep) else cand[:0]
+
+
+def assign_residues_to_sites(pointer_logits: torch.Tensor, site_voxel: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One residue per site maximising the summed pointer logits ``(R, V)`` (Hungarian). Returns
+    ``(residue rows, site rows)``; with fewer sites than residues the rest stay unassigned."""
+    from scipy.optimize import linear_sum_assignment
+
+    if len(site_voxel) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    score = pointer_logits[:, site_voxel].double().cpu().numpy()
+    r, c = linear_sum_assignment(-score)
+    return r, c
 
 
 def frames_to_structure(
@@ -232,7 +299,9 @@ def frames_to_structure(
             ).numpy()
         # last residue: O along the bisector away from Cα and N, as if the chain continued ideally
         c_last, ca_last, n_last = seg[-1, 2], seg[-1, 1], seg[-1, 0]
-        away = (c_last - ca_last) / np.linalg.norm(c_last - ca_last) + (ca_last - n_last) / np.linalg.norm(ca_last - n_last)
+        away = (c_last - ca_last) / np.linalg.norm(c_last - ca_last) + (ca_last - n_last) / np.linalg.norm(
+            ca_last - n_last
+        )
         o[-1] = c_last + 1.231 * away / np.linalg.norm(away)
         for i in range(n):
             name = residue_name(int(types[i]))

@@ -14,7 +14,16 @@ def refine(
     map_path: Path = typer.Option(..., "--map", help="Experimental map (MRC/CCP4)."),
     resolution: float | None = RESOLUTION,
     half_maps: tuple[Path, Path] | None = typer.Option(
-        None, "--half-maps", help="Two half maps (for the FSC in the report)."
+        None,
+        "--half-maps",
+        help="Two half maps on the map's grid: FSC_work (model vs half 1), FSC_free (vs half 2) and their gap "
+        "in the report; the model is still refined against --map unless --cross-validate.",
+    ),
+    cross_validate: bool = typer.Option(
+        False,
+        "--cross-validate",
+        help="Refine against half map 1 only, so that FSC_free (vs half map 2) is independent: "
+        "the overfitting check (needs --half-maps).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Refined model (.cif); default MODEL_refined.cif beside the input."
@@ -32,7 +41,12 @@ def refine(
         help="Optimiser: direct (default) or diffusion (the test-time-adapted denoiser; "
         "experimental: below direct on every benchmark case, see docs/refine.md).",
     ),
-    weights: str | None = typer.Option(None, "--weights", help="Loss weights, e.g. 'density=60,rama=1'."),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        help="Loss weights, e.g. 'density=60,rama=1'; density=auto (needs --half-maps) picks "
+        "the density weight by FSC_free from a short scan (docs/refine.md).",
+    ),
     seed: int = SEED,
     threads: int | None = THREADS,
     no_q: bool = typer.Option(False, "--no-q-score", help="Leave the Q-score out of the report (faster)."),
@@ -80,6 +94,7 @@ def refine(
             resolution,
             out=out,
             half_maps=half_maps,
+            cross_validate=cross_validate,
             config=config,
             weights=weights,
             compute_q=not no_q,

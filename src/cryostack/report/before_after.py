@@ -10,6 +10,11 @@ REPORT_ROWS = (
     ("CC_sc", ("map_model", "cc_sc"), "{:.3f}"),
     ("CC_peaks", ("map_model", "cc_peaks"), "{:.3f}"),
     ("CC_volume", ("map_model", "cc_volume"), "{:.3f}"),
+    # With half maps: the model map against half 1 (the work half under cross-validation) and
+    # half 2 (the free half), averaged over shells up to the resolution, and their gap.
+    ("FSC_work avg (model vs half 1)", ("map_model", "model_vs_half_maps", "half1_average"), "{:.3f}"),
+    ("FSC_free avg (model vs half 2)", ("map_model", "model_vs_half_maps", "half2_average"), "{:.3f}"),
+    ("FSC gap (work − free)", ("map_model", "model_vs_half_maps", "half1_minus_half2"), "{:+.3f}"),
     ("bond RMSD (Å)", ("geometry", "bond_rmsd"), "{:.4f}"),
     ("angle RMSD (°)", ("geometry", "angle_rmsd"), "{:.2f}"),
     ("Ramachandran favoured (%)", ("geometry", "ramachandran", "favored_pct"), "{:.2f}"),
@@ -39,6 +44,22 @@ def report_rows(before: dict, after: dict, extra: dict[str, tuple] | None = None
         rows.append((label, "–" if b is None else fmt.format(b), "–" if a is None else fmt.format(a)))
     for label, (b, a, fmt) in (extra or {}).items():
         rows.append((label, fmt.format(b), fmt.format(a)))
+    return rows
+
+
+def b_factor_rows(adp: dict | None) -> dict[str, tuple]:
+    """Extra before/after rows (for :func:`report_rows`) from the refinement's B-factor record
+    (``RefineResult.adp``): median and range (min–max) of the fitted atoms' B, all and split into
+    main chain / side chain. Empty when the B fit did not run or has no distribution."""
+    dist = (adp or {}).get("b_distribution_A2") or {}
+    before, after = dist.get("before") or {}, dist.get("after") or {}
+    rows: dict[str, tuple] = {}
+    for group, label in (("all", "B"), ("main_chain", "B main chain"), ("side_chain", "B side chain")):
+        b, a = before.get(group), after.get(group)
+        if not b or not a:
+            continue
+        rows[f"{label} median (Å²)"] = (b["p50"], a["p50"], "{:.1f}")
+        rows[f"{label} range (Å²)"] = (f"{b['min']:.1f}–{b['max']:.1f}", f"{a['min']:.1f}–{a['max']:.1f}", "{}")
     return rows
 
 

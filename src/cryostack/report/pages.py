@@ -50,9 +50,12 @@ def refinement_page(
     """The refinement report: inputs, refinement (before/after, history), the map and the refined
     model's full validation (``after``, a ``ValidationResult``, for the Ramachandran plot)."""
     inputs = {k: record[k] for k in ("model", "map") if k in record}
+    for i, h in enumerate(record.get("half_maps") or (), start=1):
+        inputs[f"half map {i}"] = h
     params = {
         "resolution_A": record.get("resolution_A"),
         "method": record.get("method"),
+        "refined_against": record.get("refined_against", "map"),
         "weights": record.get("weights"),
     }
     sections = [inputs_section(inputs, params), refinement_section(record)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cryostack.io.maps import DensityMap
-from cryostack.report.before_after import report_rows
+from cryostack.report.before_after import b_factor_rows, report_rows
 from cryostack.report.html import Section, esc, figure_img, fmt, key_values, note, png_file_img, table
 
 
@@ -169,6 +169,9 @@ def validation_section(
             h = mm["half_map_fsc_curve"]
             res = fmt(mm.get("half_map_fsc0143_resolution"), "{:.2f}")
             curves.append((f"half map 1 vs 2 ({res} Å at 0.143)", h["spatial_frequency_per_A"], h["fsc"]))
+        for half in ("half1", "half2") if mm.get("model_vs_half_maps") else ():
+            c = mm["model_vs_half_maps"][f"{half}_curve"]
+            curves.append((f"model vs {half.replace('half', 'half map ')}", c["spatial_frequency_per_A"], c["fsc"]))
         fig = fsc_figure(curves)
         s.add(figure_img(fig, "map–model FSC (0.5 dashed) and half-map FSC (0.143 dotted)"))
         if mm.get("per_residue"):
@@ -241,8 +244,11 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
         )
     )
     if record.get("before") and record.get("after"):
-        rows = report_rows(record["before"], record["after"])
+        rows = report_rows(record["before"], record["after"], b_factor_rows(ref.get("adp")))
         s.add("<h3>Before and after</h3>", table(["", "before", "after"], rows, sortable=False))
+    cross = record.get("cross_validation")
+    if cross:
+        s.add("<h3>Half-map cross-validation</h3>", *_cross_validation_parts(cross))
     hist = ref.get("history") or []
     if hist:
         s.add(figure_img(_history_figure(hist), "total loss, loss terms (log scale) and CC per record"))
@@ -254,6 +260,39 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
                         if isinstance(v, int | float)]),
         )  # fmt: skip
     return s
+
+
+def _cross_validation_parts(cross: Mapping) -> list[str]:
+    """What the model was refined against, FSC_work / FSC_free / gap before and after, the
+    ``density=auto`` scan (when it ran) and, when half 2 took part in the fit, why FSC_free is not free."""
+    after, before = cross.get("after") or {}, cross.get("before") or {}
+    against = "half map 1 (half map 2 free)" if cross.get("refined_against") == "half_map_1" else "the full map"
+    parts = [
+        key_values(
+            [
+                ("Refined against", against),
+                ("Work half / free half", f"{cross.get('work_half_map')} / {cross.get('free_half_map')}"),
+                (f"FSC averaged over shells to {fmt(cross.get('average_up_to_A'), '{:.2f}')} Å", ""),
+                ("FSC_work before → after", f"{fmt(before.get('fsc_work_average'))} → {fmt(after.get('fsc_work_average'))}"),
+                ("FSC_free before → after", f"{fmt(before.get('fsc_free_average'))} → {fmt(after.get('fsc_free_average'))}"),
+                ("Gap (work − free) before → after", f"{fmt(before.get('fsc_gap'))} → {fmt(after.get('fsc_gap'))}"),
+            ]
+        )
+    ]  # fmt: skip
+    if not cross.get("free_is_independent"):
+        parts.append(note("Refined against the full map, which holds both halves: FSC_free is not independent."))
+    scan = cross.get("density_weight_scan")
+    if scan:
+        rows = [
+            (t["density"], t["fsc_work_average"], t["fsc_free_average"], t["fsc_gap"], t["wall_s"])
+            for t in scan.get("trials", [])
+        ]
+        parts.append(
+            f"<h3>density=auto: chose {esc(fmt(scan.get('chosen'), '{:g}'))} "
+            f"({esc(str(scan.get('recycles_per_trial')))} recycles per weight against half map 1)</h3>"
+        )
+        parts.append(table(["density weight", "FSC_work", "FSC_free", "gap", "wall (s)"], rows, sortable=False))
+    return parts
 
 
 def _history_figure(hist: Sequence[Mapping]):

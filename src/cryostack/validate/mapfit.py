@@ -34,7 +34,7 @@ from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 from cryostack.chem.residues import NUCLEIC_BACKBONE, PROTEIN_MAIN_CHAIN
-from cryostack.density.fsc import fsc_curve, fsc_resolution
+from cryostack.density.fsc import fsc_average, fsc_curve, fsc_resolution, fsc_shell_counts
 from cryostack.density.masks import sphere_points
 from cryostack.density.metrics import correlation
 from cryostack.density.simulate import fcalc_map
@@ -302,6 +302,8 @@ class MapModelFit:
     half_map_fsc0143_resolution: float | None = None
     atoms_outside_map_fraction: float = 0.0
     q_score_undefined_atoms: int = 0  # heavy atoms without a Q-score (near or beyond the box edge)
+    #: The model map against each half map (:func:`model_vs_half_maps`), ``None`` without half maps.
+    model_vs_half_maps: dict | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -328,6 +330,8 @@ class MapModelFit:
                 "spatial_frequency_per_A": self.half_map_fsc_freq.tolist(),
                 "fsc": self.half_map_fsc.tolist(),
             }
+        if self.model_vs_half_maps is not None:
+            d["model_vs_half_maps"] = self.model_vs_half_maps
         return d
 
 
@@ -440,7 +444,48 @@ def map_model_fit(
             hf, hfsc = fsc_curve(h1.data, h2.data, h1.voxel_size)
         result.half_map_fsc_freq, result.half_map_fsc = hf, hfsc
         result.half_map_fsc0143_resolution = fsc_resolution(hf, hfsc, 0.143)
+        with stage(stages, "model vs half-map FSC"):
+            result.model_vs_half_maps = model_vs_half_maps(atoms, half_maps, resolution_A, mcalc=mcalc, mask=fmask)
     return result
+
+
+def model_vs_half_maps(
+    atoms: AtomArrays,
+    half_maps: tuple[DensityMap, DensityMap],
+    resolution_A: float,
+    *,
+    mcalc: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> dict:
+    """FSC of the model map against each half map, within the atom-radius mask of the map–model
+    FSC (both maps masked), and its average over the shells up to ``1/resolution_A`` weighted by
+    the shell's number of Fourier coefficients (REFMAC's and servalcat's FSCaverage).
+
+    When the model was refined against half map 1 only, these are FSC_work (half 1) and FSC_free
+    (half 2), and ``half1_minus_half2`` (the gap) measures overfitting to half 1's noise.
+    ``mcalc`` (:func:`model_map` on the halves' grid) and ``mask`` (boolean ``[z, y, x]``) may
+    be passed when the caller has them. Returns ``half1_average``, ``half2_average``,
+    ``half1_minus_half2``, ``average_up_to_A`` and both curves (``half1_curve``,
+    ``half2_curve``: ``spatial_frequency_per_A`` and ``fsc``).
+    """
+    h1, h2 = half_maps
+    if mcalc is None:
+        mcalc = model_map(atoms, h1, resolution_A)
+    if mask is None:
+        heavy = ~atoms.is_hydrogen
+        radius = atom_radius_for_cc(resolution_A, float(atoms.b_factors[heavy].mean()))
+        mask = np.zeros(h1.shape, dtype=bool)
+        mask.ravel()[sphere_points(atoms.coords[heavy], radius, h1)[1]] = True
+    counts = fsc_shell_counts(h1.shape, h1.voxel_size)
+    out: dict = {"average_up_to_A": float(resolution_A)}
+    calc = mcalc * mask
+    for name, half in (("half1", h1), ("half2", h2)):
+        freq, curve = fsc_curve(half.data * mask, calc, half.voxel_size)
+        out[f"{name}_average"] = fsc_average(freq, curve, counts, resolution_A)
+        out[f"{name}_curve"] = {"spatial_frequency_per_A": freq.tolist(), "fsc": curve.tolist()}
+    a1, a2 = out["half1_average"], out["half2_average"]
+    out["half1_minus_half2"] = None if a1 is None or a2 is None else a1 - a2
+    return out
 
 
 def _per_residue(atoms: AtomArrays, heavy: np.ndarray, q: np.ndarray, ccs: list[float | None]) -> list[dict]:

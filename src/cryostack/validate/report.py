@@ -46,6 +46,14 @@ def table_rows(d: dict) -> list[tuple[str, str]]:
         ]
         if "half_map_fsc0143_resolution" in mm:
             rows.append(("  Half-map FSC = 0.143 (Å)", _f(mm["half_map_fsc0143_resolution"], "{:.2f}")))
+        hv = mm.get("model_vs_half_maps")
+        if hv:
+            rows.append(
+                (
+                    f"  Model vs half 1 / half 2: FSC avg to {hv['average_up_to_A']:.2f} Å",
+                    f"{_f(hv['half1_average'])} / {_f(hv['half2_average'])}",
+                )
+            )
         if len(mm["per_chain"]) > 1:
             shown = mm["per_chain"][:MAX_CHAIN_ROWS]
             rows += [(f"  Chain {c['chain']}: CC / Q-score", f"{_f(c['cc'])} / {_f(c['q_score'])}") for c in shown]
@@ -117,6 +125,15 @@ def write_plots(result, folder: str | Path) -> list[Path]:
         ax.axhline(0.5, ls="--", c="grey", lw=0.8)
         if mm.half_map_fsc is not None:
             ax.plot(mm.half_map_fsc_freq, mm.half_map_fsc, label="half map 1 vs 2")
+        if mm.model_vs_half_maps is not None:
+            for half in ("half1", "half2"):
+                c = mm.model_vs_half_maps[f"{half}_curve"]
+                ax.plot(
+                    c["spatial_frequency_per_A"],
+                    c["fsc"],
+                    lw=0.9,
+                    label=f"model vs {half.replace('half', 'half map ')}",
+                )
             ax.axhline(0.143, ls=":", c="grey", lw=0.8)
         ax.set_xlabel("spatial frequency (1/Å)")
         ax.set_ylabel("FSC")

@@ -62,7 +62,9 @@ class BuildExample:
     backbone_A: torch.Tensor  # (R, 3, 3) true N, Cα, C (Å, map frame)
 
 
-def example_from_item(arrays: dict[str, np.ndarray], *, max_residues: int, margin_A: float = 1.0) -> BuildExample | None:
+def example_from_item(
+    arrays: dict[str, np.ndarray], *, max_residues: int, margin_A: float = 1.0
+) -> BuildExample | None:
     """A :class:`BuildExample` from a simulated item (``cryostack.data.synthetic``), or None if no
     residue with N, Cα and C has its Cα inside the crop. Crops with more than ``max_residues``
     residues keep those nearest the crop centre (as a sequence of fragments)."""

@@ -178,7 +178,9 @@ class FrameLayer(nn.Module):
         rel = to_local(rot[:, :, None], trans[:, :, None], t_j)  # neighbour in my axes, Å
         dij = rel.norm(dim=-1)
         off = position[bi, nb] - position[:, :, None]
-        off_bin = torch.where(off.abs() <= self.max_relpos, off + self.max_relpos, torch.full_like(off, 2 * self.max_relpos + 1))
+        off_bin = torch.where(
+            off.abs() <= self.max_relpos, off + self.max_relpos, torch.full_like(off, 2 * self.max_relpos + 1)
+        )
         e = torch.cat(
             [x[:, :, None].expand(-1, -1, k, -1), x[bi, nb], self.rbf(dij.reshape(-1)).reshape(b, r, k, -1),
              rel / 10.0, self.relpos(off_bin)], dim=-1,
@@ -263,7 +265,10 @@ class ModelBuilder(nn.Module):
         trans = attn @ ca_points
         h = h + self.pointer_out(attn @ keys.transpose(1, 2))
         r6 = self.to_rot6d(h)
-        rot = rotation_from_6d(r6[..., :3] + torch.tensor([1.0, 0.0, 0.0], device=h.device), r6[..., 3:] + torch.tensor([0.0, 1.0, 0.0], device=h.device))
+        rot = rotation_from_6d(
+            r6[..., :3] + torch.tensor([1.0, 0.0, 0.0], device=h.device),
+            r6[..., 3:] + torch.tensor([0.0, 1.0, 0.0], device=h.device),
+        )
         frames = [(rot, trans)]
         if gnn_start is not None:
             rot, trans = gnn_start

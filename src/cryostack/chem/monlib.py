@@ -77,7 +77,12 @@ def topology(
             if conn.link_id in unnamed_links:
                 conn.link_id = ""
         if automatic_links:
-            gemmi.add_automatic_links(st[0], st, monlib)
+            try:
+                gemmi.add_automatic_links(st[0], st, monlib)
+            except (ValueError, MemoryError, RuntimeError):
+                # gemmi's neighbour grid cannot span absurd coordinates (e.g. 1e6 Å); such a
+                # model is judged without the undeclared links rather than not at all
+                pass
         return st
 
     # Atoms the dictionary does not know (e.g. a methyl on a HIS) are reported and left out. A

@@ -39,6 +39,8 @@ from cryostack.io.models import Structure
 from cryostack.io.sequences import FastaEntry
 
 PACKAGED_MODEL = "model_builder_v1"
+#: How far inside the map's box every Cα is kept (Å): backbone atoms and Cβ lie within 2.5 Å of it.
+BOX_MARGIN_A = 2.6
 #: Protein volume per residue at 1.21 Å³/Da and 110 Da per residue (Å³).
 RESIDUE_VOLUME_A3 = 133.0
 _CHAIN_IDS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -63,7 +65,8 @@ class BuildConfig:
     crop_voxels: int = 64  # at 1.5 Å/voxel; larger maps are covered by overlapping crops
     overlap_voxels: int = 16
     # "sites": each residue starts the GNN on its own predicted Cα site (one residue per site,
-    # chosen by the pointer's scores); "soft": on the pointer's attention-weighted mean position
+    # chosen by the pointer's scores, one network pass); "soft": on the pointer's
+    # attention-weighted mean position
     decode: str = "sites"
 
 
@@ -195,17 +198,9 @@ def build_model(
             torch.as_tensor(sub_origin, dtype=torch.float32)[None].to(cfg.device),
             rt, pos, mask,
         )  # fmt: skip
-        out = net(*inputs, gnn_layers=None if cfg.use_gnn and cfg.decode == "soft" else 0)
-        if cfg.decode == "sites":
-            rot0, trans0 = out["frames"][0]
-            trans0 = trans0.clone()
-            sites, site_voxel = calpha_sites(out["dense"][0], out["grid_origin_A"][0], out["grid_spacing_A"])
-            r_idx, s_idx = assign_residues_to_sites(out["pointer_logits"][0], site_voxel)
-            trans0[0, r_idx] = sites[s_idx].to(trans0)
-            if cfg.use_gnn:
-                out = net(*inputs, gnn_start=(rot0, trans0))
-            else:
-                out["frames"] = [(rot0, trans0)]
+        out = net(
+            *inputs, gnn_layers=None if cfg.use_gnn else 0, gnn_start=start_on_sites if cfg.decode == "sites" else None
+        )
         rot, trans = (t[0].double().cpu().numpy() for t in out["frames"][-1])
         conf = torch.sigmoid(out["confidence_logit"][0]).double().cpu().numpy()
         # prefer the crop whose core (away from overlaps with neighbours) holds the Cα
@@ -227,10 +222,29 @@ def build_model(
         )
         if progress:
             progress(k + 1, len(boxes))
+    # The map is all the evidence there is: a residue the network pushed past the box edge is put
+    # back inside it, far enough that its backbone atoms stay in the box too.
+    lo = np.asarray(density.origin, dtype=np.float64) + BOX_MARGIN_A
+    hi = lo - 2 * BOX_MARGIN_A + (np.asarray(density.shape[::-1]) - 1) * np.asarray(density.voxel_size)
+    best_trans = np.clip(best_trans, lo, np.maximum(hi, lo))
     structure = frames_to_structure(best_rot, best_trans, best_conf, chains, use_sequence=cfg.use_sequence)
     if len(boxes) > 1:
         notes.append(f"map covered by {len(boxes)} overlapping crops of {crop * BUILD_VOXEL_A:.0f} Å")
     return BuildResult(structure, chains, best_conf, len(boxes), time.perf_counter() - t0, notes)
+
+
+def start_on_sites(pointer_stage: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """GNN start frames (batch of one): the pointer's rotations, and each residue moved onto its own
+    predicted Cα site (:func:`calpha_sites`, :func:`assign_residues_to_sites`); residues left
+    without a site keep the pointer's position."""
+    rot, trans = pointer_stage["frames"][0]
+    trans = trans.clone()
+    sites, site_voxel = calpha_sites(
+        pointer_stage["dense"][0], pointer_stage["grid_origin_A"][0], pointer_stage["grid_spacing_A"]
+    )
+    r_idx, s_idx = assign_residues_to_sites(pointer_stage["pointer_logits"][0], site_voxel)
+    trans[0, torch.as_tensor(r_idx, dtype=torch.long)] = sites[torch.as_tensor(s_idx, dtype=torch.long)].to(trans)
+    return rot, trans
 
 
 def calpha_sites(

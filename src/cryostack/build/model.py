@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -225,7 +226,9 @@ class ModelBuilder(nn.Module):
         residue_mask: torch.Tensor,
         *,
         gnn_layers: int | None = None,
-        gnn_start: tuple[torch.Tensor, torch.Tensor] | None = None,
+        gnn_start: tuple[torch.Tensor, torch.Tensor]
+        | Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
     ) -> dict[str, Any]:
         """``density`` ``(B, 1, Z, Y, X)`` at ``cfg.voxel_size_A`` (sides multiples of 4),
         ``origin_A`` ``(B, 3)`` x, y, z of voxel [0,0,0]; residues ``(B, R)``.
@@ -235,8 +238,11 @@ class ModelBuilder(nn.Module):
         Å x, y, z, residue-type logits), ``confidence_logit`` ``(B, R)``, ``pointer_logits``
         ``(B, R, V)`` over the dense grid's voxels, ``grid_origin_A`` and ``grid_spacing_A`` of
         the dense grid. ``gnn_layers`` = 0 skips the GNN (ablation).
-        ``gnn_start`` (training): frames the GNN starts from instead of the pointer's (e.g. noised
-        true frames, so the GNN learns local refinement while the pointer is still poor)."""
+        ``gnn_start``: frames the GNN starts from instead of the pointer's — in training noised
+        true frames (so the GNN learns local refinement while the pointer is still poor); at
+        inference a function of the pointer stage's outputs (``frames``, ``dense``,
+        ``pointer_logits``, ``grid_origin_A``, ``grid_spacing_A``) that decodes them, e.g. onto
+        predicted Cα sites. With ``gnn_layers`` = 0 those start frames are the result."""
         cfg = self.cfg
         vox = cfg.voxel_size_A
         tokens, _, dense = self.map_encoder(density, vox)
@@ -270,10 +276,16 @@ class ModelBuilder(nn.Module):
             r6[..., 3:] + torch.tensor([0.0, 1.0, 0.0], device=h.device),
         )
         frames = [(rot, trans)]
-        if gnn_start is not None:
-            rot, trans = gnn_start
         grid_origin = origin_A  # the 3 Å grid's voxel [0,0,0] sits on the 1.5 Å grid's
+        if callable(gnn_start):
+            pointer_stage = {"frames": frames, "dense": heads, "pointer_logits": logits,
+                             "grid_origin_A": grid_origin, "grid_spacing_A": spacing}  # fmt: skip
+            rot, trans = gnn_start(pointer_stage)
+        elif gnn_start is not None:
+            rot, trans = gnn_start
         n_layers = len(self.gnn) if gnn_layers is None else gnn_layers
+        if gnn_start is not None and n_layers == 0:
+            frames.append((rot, trans))
         for layer in list(self.gnn)[:n_layers]:
             h, rot, trans = layer(h, rot, trans, position, residue_mask, dense, grid_origin, spacing)
             frames.append((rot, trans))

@@ -20,16 +20,19 @@ from typing import Any
 import gemmi
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from cryostack.build.featurize import (
     BUILD_VOXEL_A,
     CHAIN_GAP,
     UNK,
+    is_standard,
     normalize_map,
     residue_name,
     sequence_types,
 )
-from cryostack.build.model import ModelBuilder, load_builder
+from cryostack.build.model import ModelBuilder, load_builder, voxel_centres
 from cryostack.chem.cbeta import ideal_cbeta, ideal_geometry
 from cryostack.density.ops import resample
 from cryostack.errors import InputError
@@ -39,6 +42,8 @@ from cryostack.io.models import Structure
 from cryostack.io.sequences import FastaEntry
 
 PACKAGED_MODEL = "model_builder_v1"
+#: The coarsest map the builder accepts (Å): below this resolution there is no backbone to trace.
+MAX_RESOLUTION_A = 8.0
 #: How far inside the map's box every Cα is kept (Å): backbone atoms and Cβ lie within 2.5 Å of it.
 BOX_MARGIN_A = 2.6
 #: Protein volume per residue at 1.21 Å³/Da and 110 Da per residue (Å³).
@@ -102,7 +107,7 @@ def chains_from_fasta(entries: list[FastaEntry], where: str | Path | None = None
     for e in entries:
         if e.molecule == "nucleic":
             raise InputError(where, f"record {e.name} looks like DNA/RNA; only protein chains can be built for now")
-        unknown = sum(ch not in "ACDEFGHIKLMNPQRSTVWY" for ch in e.sequence)
+        unknown = sum(not is_standard(ch) for ch in e.sequence)
         if unknown:
             notes.append(f"record {e.name}: {unknown} letter(s) outside the 20 amino acids built as UNK")
         ids: list[str | None] = list(e.chains) or [next(free, None)]
@@ -111,6 +116,15 @@ def chains_from_fasta(entries: list[FastaEntry], where: str | Path | None = None
                 raise InputError(where, f"more than {len(_CHAIN_IDS)} chains; name them in RCSB-style headers")
             chains.append(ChainSpec(chain_id=cid, record=e.name, sequence=e.sequence))
     return chains, notes
+
+
+def check_build_resolution(resolution_A: float, *, where: str | Path | None = None) -> None:
+    """Refuse maps coarser than :data:`MAX_RESOLUTION_A` (one line naming ``where``)."""
+    if resolution_A > MAX_RESOLUTION_A:
+        raise InputError(
+            where,
+            f"resolution {resolution_A} Å is coarser than {MAX_RESOLUTION_A:g} Å; the builder traces 2.5–6 Å maps",
+        )
 
 
 def poly_unk_chains(n_residues: int) -> list[ChainSpec]:
@@ -159,14 +173,11 @@ def build_model(
     holds the per-residue confidence × 100.
     """
     t0 = time.perf_counter()
-    if cfg.resolution_A > 8.0:
-        raise InputError(
-            density.source, f"resolution {cfg.resolution_A} Å is coarser than 8 Å; backbone tracing needs better"
-        )
-    if not chains or not sum(len(c.sequence) for c in chains):
+    check_build_resolution(cfg.resolution_A, where=density.source)
+    n_res = sum(len(c.sequence) for c in chains)
+    if not n_res:
         raise InputError(None, "no residues to build")
     data, origin, notes = prepare_map(density)
-    n_res = sum(len(c.sequence) for c in chains)
     box_volume = float(np.prod(np.asarray(density.shape) * np.asarray(density.voxel_size)[::-1]))
     if n_res * RESIDUE_VOLUME_A3 > box_volume:
         notes.append(
@@ -259,13 +270,9 @@ def calpha_sites(
     z, y, x = dense.shape[1:]
     cand = torch.nonzero(prob >= min_probability).flatten()
     cand = cand[torch.argsort(prob[cand], descending=True)]
-    from cryostack.build.model import voxel_centres
-
     centres = voxel_centres((z, y, x), spacing_A, dense.device)
     pts = (origin_A + centres[cand] + dense[1:4].reshape(3, -1).T[cand]).cpu().numpy()
     keep: list[int] = []
-    from scipy.spatial import cKDTree
-
     tree = cKDTree(pts) if len(pts) else None
     taken = np.zeros(len(pts), dtype=bool)
     for i in range(len(pts)):  # greedy non-maximum suppression, strongest first
@@ -281,8 +288,6 @@ def calpha_sites(
 def assign_residues_to_sites(pointer_logits: torch.Tensor, site_voxel: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """One residue per site maximising the summed pointer logits ``(R, V)`` (Hungarian). Returns
     ``(residue rows, site rows)``; with fewer sites than residues the rest stay unassigned."""
-    from scipy.optimize import linear_sum_assignment
-
     if len(site_voxel) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     score = pointer_logits[:, site_voxel].double().cpu().numpy()
@@ -306,17 +311,12 @@ def frames_to_structure(
         types = sequence_types(spec.sequence) if use_sequence else np.full(n, UNK)
         ch = model.add_chain(gemmi.Chain(spec.chain_id))
         seg = bb[start : start + n]
-        o = np.empty((n, 3))
-        if n > 1:
-            o[:-1] = place_carbonyl_oxygen(
-                torch.as_tensor(seg[:-1, 1]), torch.as_tensor(seg[:-1, 2]), torch.as_tensor(seg[1:, 0])
-            ).numpy()
-        # last residue: O along the bisector away from Cα and N, as if the chain continued ideally
-        c_last, ca_last, n_last = seg[-1, 2], seg[-1, 1], seg[-1, 0]
-        away = (c_last - ca_last) / np.linalg.norm(c_last - ca_last) + (ca_last - n_last) / np.linalg.norm(
-            ca_last - n_last
-        )
-        o[-1] = c_last + 1.231 * away / np.linalg.norm(away)
+        # each O from the next residue's N; for the last residue a stand-in N one N–Cα step from
+        # its C (the O then lies on the bisector away from Cα and N, as before)
+        n_next = np.concatenate([seg[1:, 0], seg[-1:, 2] + seg[-1:, 0] - seg[-1:, 1]])
+        o = place_carbonyl_oxygen(
+            torch.as_tensor(seg[:, 1]), torch.as_tensor(seg[:, 2]), torch.as_tensor(n_next)
+        ).numpy()
         for i in range(n):
             name = residue_name(int(types[i]))
             res = gemmi.Residue()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryostack.chem.residues import AMINO_ACIDS
+from cryostack.chem.residues import AMINO_ACIDS, ONE_LETTER
 
 #: Sampling of every map the builder sees (Å/voxel): Nyquist 3 Å, the finest resolution it is for.
 BUILD_VOXEL_A = 1.5
@@ -22,11 +22,7 @@ UNK = len(AMINO_ACIDS)  # residue-type index of an unknown residue (X in a FASTA
 N_RESIDUE_TYPES = UNK + 1
 #: Position jump between chains (and between fragments of one chain that do not follow each other).
 CHAIN_GAP = 1000
-ONE_LETTER = "ARNDCQEGHILKMFPSTWYV"
-_THREE = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
-          "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER",
-          "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL"}  # fmt: skip
-_TYPE = {one: AMINO_ACIDS.index(three) for one, three in _THREE.items()}
+_TYPE = {ONE_LETTER[three]: i for i, three in enumerate(AMINO_ACIDS)}  # one-letter code → type index
 
 
 def normalize_map(data: np.ndarray) -> np.ndarray:
@@ -35,6 +31,11 @@ def normalize_map(data: np.ndarray) -> np.ndarray:
     if hi <= med:
         raise ValueError("map is flat above its median; nothing to build into")
     return np.clip((data - med) / (hi - med), -1.0, 3.0).astype(np.float32)
+
+
+def is_standard(letter: str) -> bool:
+    """Whether a one-letter code is one of the 20 amino acids (anything else is built as UNK)."""
+    return letter.upper() in _TYPE
 
 
 def sequence_types(sequence: str) -> np.ndarray:

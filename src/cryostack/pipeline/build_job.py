@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cryostack.build.api import BuildConfig, BuildResult, build_model, chains_from_fasta, poly_unk_chains
+import numpy as np
+
+from cryostack.build.api import (
+    BuildConfig,
+    BuildResult,
+    build_model,
+    chains_from_fasta,
+    check_build_resolution,
+    poly_unk_chains,
+)
 from cryostack.density.checks import check_map_values, check_resolution
 from cryostack.errors import InputError
 from cryostack.io.atomic import atomic_output, jsonable
@@ -61,16 +70,14 @@ def build_files(
     """
     say = status or (lambda _t: None)
     resolution_A = check_resolution(resolution_A, where=map_path, needed_for="model building")
-    cfg = cfg or BuildConfig(resolution_A=resolution_A)
-    cfg.resolution_A = resolution_A
+    cfg = replace(cfg, resolution_A=resolution_A) if cfg else BuildConfig(resolution_A=resolution_A)
     inputs = tuple(p for p in (map_path, sequence) if p is not None)
     outputs = build_outputs(out)
     check_outputs(outputs, inputs)
     density = read_map(map_path)
     check_map_values(density)
     check_resolution(resolution_A, where=map_path, voxel_size_A=max(density.voxel_size))
-    if resolution_A > 8.0:
-        raise InputError(map_path, f"resolution {resolution_A} Å is coarser than 8 Å; the builder traces 2.5–6 Å maps")
+    check_build_resolution(resolution_A, where=map_path)  # before the FASTA is read
     notes: list[str] = []
     if min(density.voxel_size) < 1.0:
         notes.append(f"voxel size {min(density.voxel_size):.3f} Å is finer than 1 Å; the map is resampled to 1.5 Å")
@@ -129,8 +136,6 @@ def build_files(
 def estimate_residues(density) -> int:
     """Residues the map's density can hold: voxels above 20 % of the 99.9th percentile (after the
     median is removed), at 133 Å³ per residue — a rough count for a poly-UNK build."""
-    import numpy as np
-
     d = density.data - np.median(density.data)
     level = 0.2 * np.percentile(d, 99.9)
     volume = float((d > level).sum() * np.prod(density.voxel_size))

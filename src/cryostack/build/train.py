@@ -217,7 +217,7 @@ def train_builder(
     Writes ``last.pt`` (resumable), ``builder.pt`` (weights), ``report.json`` and a draft model
     card ``builder.md``. Returns the report.
     """
-    from cryostack.data.corpus import Corpus
+    from cryostack.data.corpus import Corpus, corpus_data_files
 
     corpus = Corpus(corpus_dir, cache_shards=64)
     out = Path(out_dir)
@@ -240,13 +240,8 @@ def train_builder(
         b["true_type"] = b["residue_type"].clone()
         val_batches.append(b)
     task = BuildTask(train_set, cfg)
-    loop_cfg = TrainConfig(
-        steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-        warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-        eval_every=cfg.eval_every, max_hours=cfg.max_hours,
-    )  # fmt: skip
-    splits = Path(corpus_dir) / "splits" / "splits.json"
-    data_files: dict[str, str | Path] = {"corpus_splits": splits} if splits.is_file() else {}
+    loop_cfg = TrainConfig.from_tool(cfg)
+    data_files = corpus_data_files(corpus_dir)
     state: TrainState = train_loop(
         task, loop_cfg, out_dir=out, device=device, progress=progress, stop_at_step=stop_at_step,
         evaluate=lambda m: evaluate(m, val_batches, device), data_files=data_files,

@@ -611,6 +611,13 @@ class _WorkerPool:
             raise RuntimeError(errors[0])
 
 
+def corpus_data_files(corpus_dir: str | Path) -> dict[str, str | Path]:
+    """What a model trained on this corpus records in its provenance (``learn.provenance``): the
+    split definition, when the corpus has one."""
+    splits = Path(corpus_dir) / "splits" / "splits.json"
+    return {"corpus_splits": splits} if splits.is_file() else {}
+
+
 @functools.lru_cache(maxsize=1)
 def promod3_available() -> bool:
     """ProMod3 importable in the system Python and its StructureDB installed."""

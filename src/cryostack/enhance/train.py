@@ -214,7 +214,7 @@ def train_enhancer(
     Writes ``last.pt`` (resumable), ``enhancer.pt`` (weights), ``report.json`` and a draft
     model card ``enhancer.md``. Returns the report.
     """
-    from cryostack.data.corpus import Corpus
+    from cryostack.data.corpus import Corpus, corpus_data_files
 
     corpus = Corpus(corpus_dir, cache_shards=64)
     out = Path(out_dir)
@@ -233,13 +233,8 @@ def train_enhancer(
     if cfg.bypass_prob < 1.0:
         embeddings = EmbeddingCache(out / "embeddings", embedder or ProteinMPNNEmbedder(), cfg.embedding_length)
     task = EnhanceTask(train_set, cfg, embeddings)
-    loop_cfg = TrainConfig(
-        steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-        warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-        eval_every=cfg.eval_every, max_hours=cfg.max_hours,
-    )  # fmt: skip
-    splits = Path(corpus_dir) / "splits" / "splits.json"
-    data_files: dict[str, str | Path] = {"corpus_splits": splits} if splits.is_file() else {}
+    loop_cfg = TrainConfig.from_tool(cfg)
+    data_files = corpus_data_files(corpus_dir)
     state: TrainState = train_loop(
         task, loop_cfg, out_dir=out, device=device, progress=progress, stop_at_step=stop_at_step,
         evaluate=lambda m: evaluate(m, val_items, device), data_files=data_files,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_tool(cls, tool_config: Any) -> TrainConfig:
+        """The loop's settings from a tool's run config that carries them under the same names
+        (``steps``, ``lr``, ``warmup_steps``, ...); the rest keep their defaults."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: getattr(tool_config, n) for n in names if hasattr(tool_config, n)})
 
 
 class TrainTask(Protocol):

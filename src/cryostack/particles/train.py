@@ -328,9 +328,9 @@ def run_training(
 
 
 def corpus_files(corpus) -> dict[str, str | Path]:
-    root = Path(getattr(corpus, "root", "") or "")
-    splits = root / "splits" / "splits.json"
-    return {"corpus_splits": splits} if splits.is_file() else {}
+    from cryostack.data.corpus import corpus_data_files
+
+    return corpus_data_files(getattr(corpus, "root", "") or "")
 
 
 def describe(pool: PoolConfig, ranges: SimulationRanges) -> dict[str, Any]:

@@ -283,7 +283,7 @@ def pretrain_from_corpus(
     ``full_atom_from`` (another corpus) supplies full-atom chains for the same chains;
     entries in the val/test split of any ``hold_out_from`` corpus are never trained on.
     """
-    from cryostack.data.corpus import Corpus
+    from cryostack.data.corpus import Corpus, corpus_data_files
 
     corpus = Corpus(corpus_dir, cache_shards=64)
     fa_corpus = Corpus(full_atom_from) if full_atom_from else None
@@ -297,8 +297,7 @@ def pretrain_from_corpus(
     val = [spatial_crop(get_val(i), 2000, vrng) for i in range(get_val.n)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits = Path(corpus_dir) / "splits" / "splits.json"
-    data_files: dict[str, str | Path] = {"corpus_splits": splits} if splits.is_file() else {}
+    data_files = corpus_data_files(corpus_dir)
     state = train(
         _Sized(get_train), pcfg, val_examples=val, out_dir=out, progress=progress, device=device, data_files=data_files
     )

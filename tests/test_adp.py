@@ -60,7 +60,9 @@ def test_fitted_b_follows_the_map(case):
 
 def test_refine_writes_fitted_b_and_can_skip_it(case):
     start, dmap, _ = case
-    quick = dict(max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False)
+    quick = dict(
+        max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False, max_rounds=1
+    )
     refined, result = refine(start, dmap, RES, RefineConfig(b_factor_steps=30, **quick))
     assert result.adp is not None and result.adp["cc_after"] >= result.adp["cc_before"]
     assert not np.allclose(refined.atoms().b_factors, 50.0)
@@ -110,7 +112,9 @@ def test_bonded_pair_with_very_different_b_ends_closer(case):
 
 def test_record_holds_the_b_distribution(case):
     start, dmap, _ = case
-    quick = dict(max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False)
+    quick = dict(
+        max_recycles=1, steps_per_recycle=3, rigid_steps=0, coarse_recycles=0, fit_rotamers=False, max_rounds=1
+    )
     _, result = refine(start, dmap, RES, RefineConfig(b_factor_steps=20, **quick))
     adp = result.to_dict()["adp"]
     dist = adp["b_distribution_A2"]

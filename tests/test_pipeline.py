@@ -22,7 +22,7 @@ from cryostack.pipeline.run import RunInputs, plan
 from cryostack.report.browser import check_page
 
 MAP, MODEL = str(SPIKE_NTD_MAP), str(SPIKE_NTD_MODEL)
-QUICK_TOML = "resolution_A = 3.2\n[refine]\nmax_recycles = 2\n[validate]\nq_score = false\n"
+QUICK_TOML = "resolution_A = 3.2\n[refine]\nmax_recycles = 2\nmax_rounds = 1\n[validate]\nq_score = false\n"
 
 
 def cli(*args, **kw) -> subprocess.CompletedProcess:
@@ -290,7 +290,7 @@ def test_particles_stage_feeds_dock_refine_and_validate(tmp_path, monkeypatch):
     star.write_text("# stands in for a particle file: the wizard is replaced\n")
     cfg, _ = load_config(None)
     cfg = RunConfig(
-        resolution_A=res, refine=type(cfg.refine)(max_recycles=1), validate=type(cfg.validate)(q_score=False),
+        resolution_A=res, refine=type(cfg.refine)(max_recycles=1, max_rounds=1), validate=type(cfg.validate)(q_score=False),
         enhance=type(cfg.enhance)(enabled=False),
     )  # fmt: skip
     out = tmp_path / "run"

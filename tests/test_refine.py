@@ -69,7 +69,7 @@ def test_registry_and_direct_refinement_recovers_shift(piece):
     with pytest.raises(KeyError):
         get_optimizer("no-such-method")
     start = _shifted(s, [0.8, -0.5, 0.4], noise=0.1)
-    config = RefineConfig(max_recycles=2, steps_per_recycle=10, rigid_steps=20, seed=1)
+    config = RefineConfig(max_recycles=2, steps_per_recycle=10, rigid_steps=20, seed=1, max_rounds=1)
     calls = []
     refined, result = refine(start, dmap, RES, config, progress=lambda *a, **k: calls.append(a))
     ref = s.atoms().coords
@@ -80,16 +80,39 @@ def test_registry_and_direct_refinement_recovers_shift(piece):
     assert len(calls) == len(result.history)
     # Same atoms, names, numbering; deterministic given the seed.
     assert refined.atoms().atom_names == s.atoms().atom_names
-    quick = RefineConfig(max_recycles=1, steps_per_recycle=3, rigid_steps=3, seed=1)
+    quick = RefineConfig(max_recycles=1, steps_per_recycle=3, rigid_steps=3, seed=1, max_rounds=2)
     a, _ = refine(start, dmap, RES, quick)
     b, _ = refine(start, dmap, RES, quick)
     assert np.allclose(a.atoms().coords, b.atoms().coords, atol=1e-5)
 
 
+def test_rounds_run_until_the_model_stops_moving(piece):
+    """Each round starts from the last one's model; rounds stop at the first whose Cα RMS shift is
+    below the tolerance, and the record says how far each round moved the model."""
+    s, dmap = piece
+    start = _shifted(s, [1.2, -0.6, 0.5], noise=0.1)
+    quick = dict(max_recycles=2, steps_per_recycle=8, rigid_steps=10, coarse_recycles=0, fit_rotamers=False,
+                 refine_b_factors=False, seed=1)  # fmt: skip
+    # Tolerance 0: every round runs, and later rounds move the model less than the first.
+    _, result = refine(start, dmap, RES, RefineConfig(max_rounds=3, round_tolerance_A=0.0, **quick))
+    assert [r.round for r in result.rounds] == [1, 2, 3] and result.converged is False
+    shifts = [r.ca_shift_rms_A for r in result.rounds]
+    assert shifts[0] > 0.5 and shifts[2] < shifts[0]
+    assert {rec.round for rec in result.history} == {1, 2, 3}
+    assert result.history[result.best_recycle].round == 3  # the returned model is the last round's
+    assert result.n_recycles == sum(r.recycles for r in result.rounds)
+    record = result.to_dict()
+    assert record["rounds"][0]["ca_shift_rms_A"] == pytest.approx(shifts[0]) and record["converged"] is False
+    # A tolerance above what the second round moves stops there, converged.
+    _, stopped = refine(start, dmap, RES, RefineConfig(max_rounds=3, round_tolerance_A=shifts[1] + 1e-3, **quick))
+    assert len(stopped.rounds) == 2 and stopped.converged is True
+    assert stopped.rounds[1].ca_shift_rms_A == pytest.approx(shifts[1], abs=1e-4)  # deterministic given the seed
+
+
 def test_early_stopping_stops_at_a_converged_model(piece):
     s, dmap = piece
     config = RefineConfig(
-        max_recycles=20, steps_per_recycle=2, rigid_steps=0, lr=0.001, patience=1, min_improvement=0.5
+        max_recycles=20, steps_per_recycle=2, rigid_steps=0, lr=0.001, patience=1, min_improvement=0.5, max_rounds=1
     )
     _, result = refine(s, dmap, RES, config)
     assert len(result.history) - 1 < 20
@@ -143,7 +166,7 @@ def test_cropped_refinement_merges_consistently(piece):
     run.RESIDUES_PER_CROP = 8
     try:
         config = RefineConfig(
-            max_recycles=1, steps_per_recycle=10, rigid_steps=10, crop_above_residues=5, crop_margin_A=6.0
+            max_recycles=1, steps_per_recycle=10, rigid_steps=10, crop_above_residues=5, crop_margin_A=6.0, max_rounds=1
         )
         refined, result = refine(start, dmap, RES, config)
     finally:
@@ -196,6 +219,7 @@ def test_crops_build_each_seam_onto_the_kept_coordinates(piece, monkeypatch):
         fit_rotamers=False,
         crop_above_residues=5,
         crop_margin_A=6.0,
+        max_rounds=1,
     )
     refine(start, dmap, RES, config)
     crops, merged = calls[:-1], calls[-1][1]

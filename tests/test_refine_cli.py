@@ -84,11 +84,14 @@ def test_refine_writes_model_and_reports(case):
         str(out),
         "--max-recycles",
         "2",
+        "--max-rounds",
+        "2",
         "--no-q-score",
         "--seed",
         "3",
     )
     assert r.returncode == 0, r.stderr
+    assert "rounds: " in r.stdout and "Cα RMS shift per round" in r.stdout
     assert "CC_mask" in r.stdout and "bond RMSD" in r.stdout
     refined = read_structure(out)
     start = read_structure(model_path)
@@ -101,12 +104,16 @@ def test_refine_writes_model_and_reports(case):
     report = json.loads((d / "refined_report.json").read_text())
     assert report["after"]["map_model"]["cc_mask"] > report["before"]["map_model"]["cc_mask"]
     assert len(report["refinement"]["history"]) >= 2
+    rounds = report["refinement"]["rounds"]
+    assert 1 <= len(rounds) <= 2 and rounds[0]["ca_shift_rms_A"] > 0
+    assert report["refinement"]["converged"] == (rounds[-1]["ca_shift_rms_A"] < 0.05 * RES)
     assert (d / "refined_report.txt").read_text().startswith("cryostack refine")
     from cryostack.report.browser import check_page
 
     page = check_page(d / "refined_report.html")
     assert page.ok, page.errors
     assert page.facts["sections"] == ["inputs", "refinement", "map", "model"]
+    assert "Convergence" in (d / "refined_report.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,13 @@ RES = 3.2
 HALF_NOISE = 3.0
 #: Cheap refinement for tests: one short recycle, no coarse, rigid-body or rotamer stage.
 FAST = dict(
-    max_recycles=1, steps_per_recycle=15, coarse_recycles=0, rigid_steps=0, fit_rotamers=False, b_factor_steps=20
+    max_recycles=1,
+    steps_per_recycle=15,
+    coarse_recycles=0,
+    rigid_steps=0,
+    fit_rotamers=False,
+    b_factor_steps=20,
+    max_rounds=1,
 )
 
 

@@ -35,6 +35,20 @@ def refine(
         min=1,
         help="Most optimiser recycles (after coarse placement; a rotamer fit and polish follow).",
     ),
+    max_rounds: int = typer.Option(
+        4,
+        "--max-rounds",
+        min=1,
+        help="Most rounds (each a whole pass from the last round's model, the mask rebuilt around it); "
+        "rounds stop earlier once a round moves the Cα atoms less than --round-tolerance. 1: one pass.",
+    ),
+    round_tolerance: float | None = typer.Option(
+        None,
+        "--round-tolerance",
+        min=0.0,
+        help="Convergence: stop after a round whose Cα RMS shift (Å) is below this "
+        "[default: 5 % of the resolution, 0.15 Å at 3 Å].",
+    ),
     method: str = typer.Option(
         "direct",
         "--method",
@@ -61,7 +75,14 @@ def refine(
 
     check_device(device)
     console = Console(stderr=True)
-    config = RefineConfig(method=method, max_recycles=max_recycles, seed=seed, device=device)
+    config = RefineConfig(
+        method=method,
+        max_recycles=max_recycles,
+        max_rounds=max_rounds,
+        round_tolerance_A=round_tolerance,
+        seed=seed,
+        device=device,
+    )
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -78,8 +99,9 @@ def refine(
             bar.start_task(task)
         bar.update(task, description=text)
 
-    def progress(recycle, loss, terms, cc, crop=None, stage="adam"):
-        where = f"crop {crop[0]}/{crop[1]} " if crop else ""
+    def progress(recycle, loss, terms, cc, crop=None, stage="adam", refine_round=(1, 1)):
+        where = f"round {refine_round[0]}/{refine_round[1]} " if refine_round[1] > 1 else ""
+        where += f"crop {crop[0]}/{crop[1]} " if crop else ""
         what = f"recycle {recycle}/{max_recycles}" if stage == "adam" else stage.replace("_", " ")
         status(f"{where}{what}")
         if stage == "adam":

@@ -21,6 +21,8 @@ typo never passes silently. Example (every value shown is the default, except wh
 
     [refine]
     max_recycles = 8
+    max_rounds = 4
+    round_tolerance_A = 0.15      # default: 5 % of the resolution
     method = "direct"
     weights = "density=60"      # default: none (the refinement's own weights)
 
@@ -57,6 +59,8 @@ class RefineSettings:
     """The refinement stage (``cryostack refine``'s options)."""
 
     max_recycles: int = 8
+    max_rounds: int = 4
+    round_tolerance_A: float | None = None  # None: 5 % of the resolution
     method: str = "direct"
     weights: str | None = None
     seed: int = 0

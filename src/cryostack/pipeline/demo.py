@@ -96,8 +96,9 @@ def run_demo(
     t0 = time.perf_counter()
     status("refining")
 
-    def progress(recycle, loss, terms, cc, crop=None, stage="adam"):
+    def progress(recycle, loss, terms, cc, crop=None, stage="adam", refine_round=(1, 1)):
         what = f"recycle {recycle}/{max_recycles}" if stage == "adam" else stage.replace("_", " ")
+        what = f"round {refine_round[0]}/{refine_round[1]} {what}" if refine_round[1] > 1 else what
         status(f"refining: {what}, CC {cc:.3f}, loss {loss:.4g}, bond {terms['bond']:.3g}, angle {terms['angle']:.3g}")
 
     refined, result = refine(start, density, res, RefineConfig(max_recycles=max_recycles, seed=seed), progress=progress)

@@ -90,7 +90,9 @@ def scan_density_weight(
     CC against half 1, wall seconds), ``recycles_per_trial``, ``tie_tolerance`` and ``wall_s``.
     """
     say = status or (lambda _text: None)
-    trial_config = replace(config, max_recycles=min(config.max_recycles, SCAN_MAX_RECYCLES), fit_rotamers=False)
+    trial_config = replace(
+        config, max_recycles=min(config.max_recycles, SCAN_MAX_RECYCLES), fit_rotamers=False, max_rounds=1
+    )
     trials = []
     for i, w in enumerate(candidates, start=1):
         say(f"density=auto: weight {w:g} ({i}/{len(candidates)})")

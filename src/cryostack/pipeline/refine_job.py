@@ -31,6 +31,7 @@ from cryostack.pipeline.refine_crossval import (
 from cryostack.refine import LossWeights, RefineConfig, RefineResult, available_methods, check_inputs, refine
 from cryostack.report.before_after import b_factor_rows, report_rows, text_report
 from cryostack.report.pages import refinement_page
+from cryostack.report.sections import rounds_summary
 from cryostack.validate.api import validate
 
 
@@ -162,6 +163,8 @@ def refine_files(
         f"{result.n_recycles} recycles, best record {result.best_recycle}, {result.wall_s:.0f} s"
     )
     text = text_report(report_rows(bd, ad, b_factor_rows(result.adp)), title)
+    text += "rounds: " + rounds_summary(result.to_dict()) + "; Cα RMS shift per round (Å): "
+    text += ", ".join(f"{r.ca_shift_rms_A:.3f}" for r in result.rounds) + "\n"
     cross = None
     if half_maps is not None:
         cross = {

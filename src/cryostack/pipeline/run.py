@@ -428,14 +428,24 @@ class Run:
             from cryostack.refine import RefineConfig
 
             config = RefineConfig(
-                method=settings.method, max_recycles=settings.max_recycles, seed=settings.seed, device=self.cfg.device
+                method=settings.method,
+                max_recycles=settings.max_recycles,
+                max_rounds=settings.max_rounds,
+                round_tolerance_A=settings.round_tolerance_A,
+                seed=settings.seed,
+                device=self.cfg.device,
             )
             job = refine_files(
                 stage_inputs["model"], m["map"], res, out=folder / "model.cif", half_maps=halves, config=config,
                 weights=settings.weights, compute_q=q,
             )  # fmt: skip
             model, _, record, html = job.outputs
-            info = {"recycles": job.refinement.n_recycles, "resolution_A": res}
+            info = {
+                "recycles": job.refinement.n_recycles,
+                "rounds": len(job.refinement.rounds),
+                "converged": job.refinement.converged,
+                "resolution_A": res,
+            }
             return {"model": model, "refine_record": record, "refine_html": html}, info
 
         q = self.cfg.validate.q_score  # the refinement's own before/after report

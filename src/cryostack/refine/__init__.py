@@ -14,6 +14,7 @@ from cryostack.refine.api import (
     RecycleRecord,
     RefineConfig,
     RefineResult,
+    RoundRecord,
     available_methods,
     get_optimizer,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "OPTIMIZERS",
     "LossWeights",
     "RecycleRecord",
+    "RoundRecord",
     "RefineConfig",
     "RefineResult",
     "RefinementObjective",

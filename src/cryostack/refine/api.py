@@ -18,6 +18,10 @@ import torch
 
 from cryostack.refine.objective import RefinementObjective
 
+#: Default convergence tolerance as a fraction of the resolution: a round that moves the Cα atoms
+#: by less than 5 % of the resolution (RMS) has moved them by less than the map can tell apart.
+ROUND_TOLERANCE_PER_RESOLUTION = 0.05
+
 
 @dataclass
 class RefineConfig:
@@ -52,6 +56,20 @@ class RefineConfig:
     #: After the recycles, put non-favoured side chains into their best Top8000 rotamer
     #: (:mod:`cryostack.refine.rotamer_fit`) and polish with one short Adam recycle ("direct").
     fit_rotamers: bool = True
+    #: Most rounds of refinement. Each round is a whole pass of the optimiser (placement, recycles,
+    #: rotamer fit) from the previous round's model, with the density mask rebuilt around that
+    #: model and the optimiser's state and step size started afresh; 1 is a single pass.
+    max_rounds: int = 4
+    #: Rounds stop once a round moves the Cα atoms by less than this RMS (Å): the model has
+    #: stopped moving (see :func:`cryostack.refine.run.refine`). ``None``:
+    #: :data:`ROUND_TOLERANCE_PER_RESOLUTION` × the resolution (0.15 Å at 3 Å).
+    round_tolerance_A: float | None = None
+
+    def round_tolerance(self, resolution_A: float) -> float:
+        """The convergence tolerance (Å Cα RMS shift per round) at ``resolution_A``."""
+        if self.round_tolerance_A is not None:
+            return float(self.round_tolerance_A)
+        return ROUND_TOLERANCE_PER_RESOLUTION * float(resolution_A)
 
 
 @dataclass
@@ -62,14 +80,35 @@ class RecycleRecord:
     cc: float
     #: What produced these coordinates: ``"start"``, ``"adam"`` (a recycle), ``"rotamer_fit"`` or ``"polish"``.
     stage: str = "adam"
+    #: The round (1-based) this record belongs to.
+    round: int = 1
+
+
+@dataclass
+class RoundRecord:
+    """One round of refinement: how far it moved the model and where it ended."""
+
+    round: int
+    #: RMS and largest Cα displacement (Å) from the round's start to its end.
+    ca_shift_rms_A: float
+    ca_shift_max_A: float
+    #: RMS displacement of all movable atoms (Å), side chains included.
+    atom_shift_rms_A: float
+    #: Total loss and density CC of the round's returned model (on that round's mask).
+    loss: float
+    cc: float
+    recycles: int
+    wall_s: float
 
 
 @dataclass
 class RefineResult:
-    """``coords`` ``(N, 3)`` Å: the returned model, ``history[best_recycle]`` (the best by total loss,
-    except that the direct optimiser prefers its rotamer-fitted model within a small tolerance, see
-    :mod:`cryostack.refine.direct`); ``history``: one record per recycle or stage;
-    ``rotamer_fit``: the rotamer-fitting stats (``None`` when the stage did not run)."""
+    """``coords`` ``(N, 3)`` Å: the returned model, ``history[best_recycle]`` (the best by total loss
+    in the last round, except that the direct optimiser prefers its rotamer-fitted model within a
+    small tolerance, see :mod:`cryostack.refine.direct`); ``history``: one record per recycle or
+    stage, every round's; ``rotamer_fit``: the rotamer-fitting stats (``None`` when the stage did
+    not run); ``rounds``: one record per round, and ``converged``: whether the last round moved
+    the model less than the tolerance (``False`` when the rounds ran out first)."""
 
     coords: np.ndarray
     history: list[RecycleRecord] = field(default_factory=list)
@@ -78,6 +117,10 @@ class RefineResult:
     crops: int = 1
     wall_s: float = 0.0
     rotamer_fit: dict | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)
+    converged: bool | None = None
+    #: The convergence criterion: Cα RMS shift of a round (Å) below which rounds stop.
+    round_tolerance_A: float | None = None
 
     @property
     def n_recycles(self) -> int:
@@ -95,6 +138,9 @@ class RefineResult:
             "wall_s": self.wall_s,
             "rotamer_fit": self.rotamer_fit,
             "adp": self.adp,
+            "rounds": [r.__dict__ for r in self.rounds],
+            "converged": self.converged,
+            "round_tolerance_A": self.round_tolerance_A,
             "history": [r.__dict__ for r in self.history],
         }
 

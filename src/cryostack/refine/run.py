@@ -23,7 +23,7 @@ from cryostack.density.checks import check_map_values, check_model_atoms, check_
 from cryostack.errors import InputError
 from cryostack.io.maps import DensityMap
 from cryostack.io.models import DNA, PROTEIN, RNA, Structure
-from cryostack.refine.api import RefineConfig, RefineResult, get_optimizer
+from cryostack.refine.api import RecycleRecord, RefineConfig, RefineResult, RoundRecord, get_optimizer
 from cryostack.refine.objective import LossWeights, RefinementObjective
 
 #: Refinement is refused when more than this fraction of the model's atoms lies outside the map.
@@ -84,26 +84,82 @@ def refine(
     weights: LossWeights | None = None,
     progress=None,
 ) -> tuple[Structure, RefineResult]:
-    """Refine ``structure`` into ``density_map`` at ``resolution_A`` Å.
+    """Refine ``structure`` into ``density_map`` at ``resolution_A`` Å, in rounds until it stops moving.
+
+    Each round is a whole pass of the optimiser from the previous round's model: the density
+    mask and sub-box are rebuilt around that model (atoms that moved are judged where they now
+    are) and the optimiser starts afresh (Adam's state and its large first steps). One pass is
+    not converged when domains start several Å away: on simulated 3 Å cases the mean Cα error
+    fell 3.66 → 2.11 → 1.62 → 1.32 → 1.09 Å over four rounds (``benchmarks/refine_rounds.py``).
+    Rounds stop after the first round whose Cα RMS shift is below the tolerance
+    (``config.round_tolerance_A``, by default 5 % of the resolution: 0.15 Å at 3 Å), or after
+    ``config.max_rounds``; the per-atom B-factor fit runs once, on the last round's model.
 
     Returns the refined structure (same chains, numbering, atoms and metadata; ligands and
-    waters unmoved) and the optimiser's :class:`RefineResult`. ``progress`` (optional) is called
-    per recycle as ``progress(recycle, loss, terms, cc, stage=...)`` (``stage`` only for the rotamer-fit
-    and polish records); in crop mode it gets an extra keyword
-    ``crop=(i, n)``.
+    waters unmoved) and the :class:`RefineResult` (every round's history, ``rounds``,
+    ``converged``). ``progress`` (optional) is called per recycle as ``progress(recycle, loss,
+    terms, cc, stage=..., refine_round=(r, max_rounds))`` (``stage`` only for the rotamer-fit and polish
+    records); in crop mode it gets an extra keyword ``crop=(i, n)``.
     """
     config = config or RefineConfig()
     weights = weights or LossWeights()
+    if config.max_rounds < 1:
+        raise ValueError(f"max_rounds must be at least 1, got {config.max_rounds}")
     check_inputs(structure, density_map, resolution_A)
     optimizer = get_optimizer(config.method)
     t0 = time.perf_counter()
     arr = structure.atoms()
-    n_polymer = int(np.isin(arr.residue_class, (PROTEIN, DNA, RNA)).sum())
-    if n_polymer <= config.crop_above_residues:
-        objective = RefinementObjective(structure, density_map, resolution_A, weights, device=config.device)
-        result = optimizer(objective, config, progress)
-    else:
-        result, objective = _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress)
+    polymer = np.isin(arr.residue_class[arr.residue_index], (PROTEIN, DNA, RNA))
+    names = np.asarray(arr.atom_names)
+    ca = polymer & (names == "CA")
+    if not ca.any():  # nucleic acids only: their backbone phosphorus stands in for Cα
+        ca = polymer & (names == "P")
+    current = structure
+    history: list[RecycleRecord] = []
+    rounds: list[RoundRecord] = []
+    fits = []
+    converged = False
+    tolerance_A = config.round_tolerance(resolution_A)
+    for r in range(1, config.max_rounds + 1):
+        t_round = time.perf_counter()
+        cb = None
+        if progress is not None:
+
+            def cb(*args, _r=r, **kw):
+                progress(*args, refine_round=(_r, config.max_rounds), **kw)
+
+        result, objective = _one_pass(current, density_map, resolution_A, config, weights, optimizer, cb)
+        before = current.atoms().coords
+        shift = np.linalg.norm(result.coords.astype(np.float64) - before, axis=1)
+        for rec in result.history:
+            rec.round = r
+        best = result.history[result.best_recycle] if result.history else None
+        rounds.append(
+            RoundRecord(
+                round=r,
+                ca_shift_rms_A=float(np.sqrt(np.mean(shift[ca] ** 2))) if ca.any() else 0.0,
+                ca_shift_max_A=float(shift[ca].max()) if ca.any() else 0.0,
+                atom_shift_rms_A=float(np.sqrt(np.mean(shift[polymer] ** 2))),
+                loss=best.loss if best else float("nan"),
+                cc=best.cc if best else float("nan"),
+                recycles=result.n_recycles,
+                wall_s=time.perf_counter() - t_round,
+            )
+        )
+        offset = len(history)
+        history.extend(result.history)
+        fits.append(result.rotamer_fit)
+        current = current.with_coordinates(result.coords)
+        if rounds[-1].ca_shift_rms_A < tolerance_A:
+            converged = True
+            break
+    result.history = history
+    result.best_recycle += offset
+    result.rounds = rounds
+    result.converged = converged
+    result.round_tolerance_A = tolerance_A
+    if len(fits) > 1:
+        result.rotamer_fit = _sum_fits(fits)
     b_factors = None
     if config.refine_b_factors:
         import torch
@@ -116,6 +172,15 @@ def refine(
         result.adp = {**adp.to_dict(), "wall_s": time.perf_counter() - t_adp}
     result.wall_s = time.perf_counter() - t0
     return structure.with_coordinates(result.coords, b_factors=b_factors), result
+
+
+def _one_pass(structure, density_map, resolution_A, config, weights, optimizer, progress):
+    """One pass of the optimiser over the whole model, or crop by crop for large models."""
+    n_polymer = int(np.isin(structure.atoms().residue_class, (PROTEIN, DNA, RNA)).sum())
+    if n_polymer <= config.crop_above_residues:
+        objective = RefinementObjective(structure, density_map, resolution_A, weights, device=config.device)
+        return optimizer(objective, config, progress), objective
+    return _refine_crops(structure, density_map, resolution_A, config, weights, optimizer, progress)
 
 
 def crop_assignment(structure: Structure, config: RefineConfig) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
@@ -246,6 +311,6 @@ def _sum_fits(fits: list) -> dict | None:
     return {
         "tried": sum(f["tried"] for f in fits),
         "changed": sum(f["changed"] for f in fits),
-        "kept": sum(bool(f.get("kept")) for f in fits),
+        "kept": sum(int(f.get("kept") or 0) for f in fits),
         "stages": fits,
     }

@@ -238,6 +238,7 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
                 ("Method", str(record.get("method", ref.get("method", "")))),
                 ("Records (start, recycles, rotamer fit, polish)", str(len(ref.get("history", [])))),
                 ("Best record", str(ref.get("best_recycle", "—"))),
+                ("Rounds", rounds_summary(ref)),
                 ("Wall time (s)", fmt(ref.get("wall_s"), "{:.1f}")),
                 ("Loss weights", ", ".join(f"{k}={v:g}" for k, v in (record.get("weights") or {}).items()) or "—"),
             ]
@@ -249,6 +250,17 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
     cross = record.get("cross_validation")
     if cross:
         s.add("<h3>Half-map cross-validation</h3>", *_cross_validation_parts(cross))
+    if ref.get("rounds"):
+        rows = [
+            (r["round"], fmt(r["ca_shift_rms_A"], "{:.3f}"), fmt(r["ca_shift_max_A"], "{:.2f}"),
+             fmt(r["atom_shift_rms_A"], "{:.3f}"), fmt(r["cc"], "{:.4f}"), r["recycles"], fmt(r["wall_s"], "{:.1f}"))
+            for r in ref["rounds"]
+        ]  # fmt: skip
+        s.add(
+            "<h3>Convergence</h3>",
+            table(["round", "Cα RMS shift (Å)", "Cα max shift (Å)", "all-atom RMS shift (Å)", "CC (mask)",
+                   "recycles", "wall (s)"], rows, sortable=False),
+        )  # fmt: skip
     hist = ref.get("history") or []
     if hist:
         s.add(figure_img(_history_figure(hist), "total loss, loss terms (log scale) and CC per record"))
@@ -260,6 +272,18 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
                         if isinstance(v, int | float)]),
         )  # fmt: skip
     return s
+
+
+def rounds_summary(refinement: Mapping) -> str:
+    """ "3 (converged: round 3 moved Cα 0.08 Å RMS < 0.15 Å)" from a refinement record's ``rounds``."""
+    rounds = refinement.get("rounds") or []
+    if not rounds:
+        return "—"
+    last, tol = rounds[-1], refinement.get("round_tolerance_A")
+    moved = f"round {last['round']} moved Cα {last['ca_shift_rms_A']:.2f} Å RMS"
+    if refinement.get("converged"):
+        return f"{len(rounds)} (converged: {moved} < {tol:g} Å)"
+    return f"{len(rounds)} (not converged: {moved}, tolerance {tol:g} Å; raise --max-rounds)"
 
 
 def _cross_validation_parts(cross: Mapping) -> list[str]:

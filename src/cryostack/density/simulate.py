@@ -8,8 +8,7 @@ with the number of atoms, and atoms are processed in chunks so memory stays boun
 Gaussians are separable, so for every atom and term the 3D kernel is an outer product of three
 1D factors: the exponentials cost O(S) per axis instead of O(S³), and the outer product and sum
 over terms is one batched matrix product. The backward pass recomputes each chunk rather than
-storing it, which keeps memory flat for 100,000+ atoms; its gradients are written out
-(:func:`_local_gradients`) rather than taken by autograd through the recomputed cubes.
+storing it, which keeps memory flat for 100,000+ atoms.
 """
 
 from __future__ import annotations
@@ -81,30 +80,6 @@ def _radius_voxels(btot: torch.Tensor, norm: torch.Tensor, voxel: torch.Tensor, 
     return torch.sqrt(r2)[:, None] / voxel[None, :]
 
 
-def _axis_factors(
-    xyz: torch.Tensor, alpha: torch.Tensor, first: torch.Tensor, size: tuple[int, int, int], g: _Grid
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per axis (x, y, z): the signed distance ``d`` ``(A, S)`` Å from each atom to its stencil's
-    voxel centres, and the 1D Gaussian factors ``exp(-alpha d²)`` ``(A, K, S)``."""
-    out = []
-    for axis in range(3):
-        steps = torch.arange(size[axis], device=xyz.device)
-        pos = (first[:, axis, None] + steps[None, :]).to(xyz.dtype) * g.voxel[axis] + g.origin[axis]  # (A, S) Å
-        d = pos - xyz[:, axis, None]
-        out.append((d, torch.exp(-alpha[:, :, None] * (d * d)[:, None, :])))
-    return out
-
-
-def _stencil_index(
-    first: torch.Tensor, g: _Grid, offsets: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Flat padded-grid index ``(A, Sz, Sy, Sx)`` of every stencil voxel."""
-    _, ny, nx = g.padded_shape
-    z0, y0, x0 = g.pad_lo
-    base = ((first[:, 2] + z0) * ny + (first[:, 1] + y0)) * nx + (first[:, 0] + x0)
-    return torch.add(base[:, None, None, None], offsets[None], out=out)
-
-
 def _local_cubes(
     xyz: torch.Tensor,  # (A, 3) Å
     btot: torch.Tensor,  # (A, K) Å²
@@ -121,65 +96,29 @@ def _local_cubes(
     elements that receive the results (forward pass only: ``out=`` does not record gradients).
     Reusing them across chunks saves allocating, and page-faulting, megabytes per chunk.
     """
+    dev, dt = xyz.device, xyz.dtype
     alpha = (4.0 * math.pi**2) / btot  # (A, K) 1/Å²
     norm = amp * (4.0 * math.pi / btot) ** 1.5  # (A, K) peak density of each term
-    (_, fx), (_, fy), (_, fz) = _axis_factors(xyz, alpha, first, size, g)
+
+    factors = []
+    for axis in range(3):  # x, y, z
+        steps = torch.arange(size[axis], device=dev)
+        pos = (first[:, axis, None] + steps[None, :]).to(dt) * g.voxel[axis] + g.origin[axis]  # (A, S) Å
+        d2 = (pos - xyz[:, axis, None]) ** 2
+        factors.append(torch.exp(-alpha[:, :, None] * d2[:, None, :]))  # (A, K, S)
+    fx, fy, fz = factors
     A, K = btot.shape
     n_vox = A * size[0] * size[1] * size[2]
     zy = (norm[:, :, None, None] * fz[:, :, :, None] * fy[:, :, None, :]).reshape(A, K, -1)  # (A, K, Sz*Sy)
     cube_out = None if scratch is None else scratch[0][:n_vox].view(A, size[2] * size[1], size[0])
     cube = torch.bmm(zy.transpose(1, 2), fx, out=cube_out).view(A, size[2], size[1], size[0])
+
+    _, ny, nx = g.padded_shape
+    z0, y0, x0 = g.pad_lo
+    base = ((first[:, 2] + z0) * ny + (first[:, 1] + y0)) * nx + (first[:, 0] + x0)
     idx_out = None if scratch is None else scratch[1][:n_vox].view(A, *offsets.shape)
-    return cube, _stencil_index(first, g, offsets, idx_out)
-
-
-def _local_gradients(
-    xyz: torch.Tensor,
-    btot: torch.Tensor,
-    amp: torch.Tensor,
-    first: torch.Tensor,
-    size: tuple[int, int, int],
-    g: _Grid,
-    grad_stencil: torch.Tensor,  # (A, Sz, Sy, Sx) upstream gradient on each atom's stencil
-    want_b: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Analytic gradients of ``Σ grad_stencil × cube`` with respect to ``xyz`` ``(A, 3)``, ``btot``
-    ``(A, K)`` (``None`` unless ``want_b``) and ``amp`` ``(A, K)``.
-
-    The kernel is a product of 1D factors, so every sum over the stencil is one batched matrix
-    product along x (against the x factors, weighted by d and d² where needed) followed by small
-    sums over z and y: no recomputed cube and no autograd graph, about half the cost of
-    differentiating :func:`_local_cubes` by autograd.
-    """
-    alpha = (4.0 * math.pi**2) / btot
-    scale = (4.0 * math.pi / btot) ** 1.5
-    norm = amp * scale
-    (dx, fx), (dy, fy), (dz, fz) = _axis_factors(xyz, alpha, first, size, g)
-    A, K = btot.shape
-    cols = [fx, fx * dx[:, None, :]] + ([fx * (dx * dx)[:, None, :]] if want_b else [])
-    weights_x = torch.cat(cols, dim=1)  # (A, nK, Sx)
-    t = torch.bmm(grad_stencil.reshape(A, -1, size[0]), weights_x.transpose(1, 2))  # (A, Sz*Sy, nK)
-    t = t.view(A, size[2], size[1], len(cols), K)
-
-    def zy_sum(part: int, wz: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:  # (A, K)
-        return torch.einsum("azyk,akz,aky->ak", t[:, :, :, part], wz, wy)
-
-    fy_dy, fz_dz = fy * dy[:, None, :], fz * dz[:, None, :]
-    s0 = zy_sum(0, fz, fy)
-    two_alpha_norm = 2.0 * alpha * norm
-    g_xyz = torch.stack(
-        [
-            (two_alpha_norm * zy_sum(1, fz, fy)).sum(dim=1),
-            (two_alpha_norm * zy_sum(0, fz, fy_dy)).sum(dim=1),
-            (two_alpha_norm * zy_sum(0, fz_dz, fy)).sum(dim=1),
-        ],
-        dim=1,
-    )
-    g_b = None
-    if want_b:
-        s2 = zy_sum(2, fz, fy) + zy_sum(0, fz, fy_dy * dy[:, None, :]) + zy_sum(0, fz_dz * dz[:, None, :], fy)
-        g_b = norm / btot * (alpha * s2 - 1.5 * s0)
-    return g_xyz, g_b, scale * s0
+    idx = torch.add(base[:, None, None, None], offsets[None], out=idx_out)
+    return cube, idx
 
 
 def _offsets(size: tuple[int, int, int], g: _Grid, device) -> torch.Tensor:
@@ -265,24 +204,25 @@ class _Splat(torch.autograd.Function):
         grid, plan = ctx.grid, ctx.plan
         (z0, y0, x0), (z1, y1, x1) = grid.pad_lo, grid.pad_hi
         gpad = torch.nn.functional.pad(grad_out.contiguous(), (x0, x1, y0, y1, z0, z1)).reshape(-1)
-        need = ctx.needs_input_grad
-        g_xyz = torch.zeros_like(xyz) if need[0] else None
-        g_btot = torch.zeros_like(btot) if need[1] else None
-        g_amp = torch.zeros_like(amp) if need[2] else None
+        g_xyz = torch.zeros_like(xyz) if ctx.needs_input_grad[0] else None
+        g_btot = torch.zeros_like(btot) if ctx.needs_input_grad[1] else None
+        g_amp = torch.zeros_like(amp) if ctx.needs_input_grad[2] else None
+        wanted = [t for t, need in zip((0, 1, 2), ctx.needs_input_grad[:3]) if need]
         offsets = {}
         for size, ids, first in plan:
             if size not in offsets:
                 offsets[size] = _offsets(size, grid, xyz.device)
-            grad_stencil = gpad[_stencil_index(first, grid, offsets[size])]
-            gx, gb, ga = _local_gradients(
-                xyz[ids].detach(), btot[ids].detach(), amp[ids].detach(), first, size, grid, grad_stencil, bool(need[1])
-            )
-            if g_xyz is not None:
-                g_xyz.index_add_(0, ids, gx)
-            if g_btot is not None and gb is not None:
-                g_btot.index_add_(0, ids, gb)
-            if g_amp is not None:
-                g_amp.index_add_(0, ids, ga)
+            with torch.enable_grad():
+                leaves = [
+                    xyz[ids].detach().requires_grad_(),
+                    btot[ids].detach().requires_grad_(),
+                    amp[ids].detach().requires_grad_(),
+                ]
+                cube, idx = _local_cubes(*leaves, first, size, grid, offsets[size])
+                loss = (cube * gpad[idx]).sum()
+                grads = torch.autograd.grad(loss, [leaves[i] for i in wanted])
+            for i, gr in zip(wanted, grads):
+                (g_xyz, g_btot, g_amp)[i].index_add_(0, ids, gr)
         return g_xyz, g_btot, g_amp, None, None, None, None, None
 
 

@@ -109,6 +109,22 @@ def test_rounds_run_until_the_model_stops_moving(piece):
     assert stopped.rounds[1].ca_shift_rms_A == pytest.approx(shifts[1], abs=1e-4)  # deterministic given the seed
 
 
+def test_lbfgs_per_atom_steps_go_further_than_adam(piece):
+    """Same number of steps from the same start: L-BFGS ends at a lower total loss and nearer the truth."""
+    s, dmap = piece
+    start = _shifted(s, [0.6, -0.4, 0.3], noise=0.1)
+    quick = dict(max_recycles=2, steps_per_recycle=10, rigid_steps=0, coarse_recycles=0, fit_rotamers=False,
+                 refine_b_factors=False, max_rounds=1)  # fmt: skip
+    lbfgs, a = refine(start, dmap, RES, RefineConfig(per_atom="lbfgs", **quick))
+    adam, b = refine(start, dmap, RES, RefineConfig(per_atom="adam", **quick))
+    ref = s.atoms().coords
+    rmsd = lambda st: float(np.sqrt(((st.atoms().coords - ref) ** 2).sum(1).mean()))  # noqa: E731
+    assert a.history[a.best_recycle].loss < b.history[b.best_recycle].loss
+    assert rmsd(lbfgs) < rmsd(start)
+    with pytest.raises(ValueError, match="per_atom"):
+        refine(start, dmap, RES, RefineConfig(per_atom="newton", max_rounds=1))
+
+
 def test_early_stopping_stops_at_a_converged_model(piece):
     s, dmap = piece
     config = RefineConfig(

@@ -6,6 +6,9 @@ Cases
   models (benchmark use only: nothing of them enters the repository), and the spike NTD
   (EMD-21457 / 6VYB, 3.2 Å) and F-actin (EMD-5168 / 3MFP, 6.6 Å) maps from perturbed deposited
   models (noise 0.3 Å per axis plus a 1.5 Å rigid shift, seeded).
+* damaged (``damaged:<real case>``): the real case's reference model (deposited, or the AF3
+  model) with 0.7 Å coordinate noise per axis and every chain turned 5° and shifted 3 Å: a badly
+  placed start, judged by its geometry after refinement (Ramachandran outliers ≤ 0.5 %).
 * simulated: test-split chains of a cryostack corpus with full atoms (chains the first
   denoiser, v1, saw in training excluded); the truth's map simulated at 3, 4.5 and 6 Å on voxels of d/3
   (1, 1.5, 2 Å) with coloured noise at
@@ -60,6 +63,10 @@ REAL = {
 }
 #: Reported resolutions of the CryoNet.Refine example maps (EMDB entries), Å.
 REAL_RESOLUTION_A = {"4uft": 3.3, "6ksw": 3.6, "6vrc": 3.1}
+#: Damaged starts (``damaged:<real case>``, issue 22 item 6): coordinate noise (Å per axis) and a
+#: rigid error per chain (shift Å, turn °), like a docked or predicted model.
+DAMAGE_NOISE_A = 0.7
+DAMAGE_CHAIN_RIGID = (3.0, 5.0)
 
 
 # -- case preparation (deterministic) ------------------------------------------------------------
@@ -75,7 +82,27 @@ def prepare(case: str, work: Path) -> dict:
     meta = d / "case.json"
     if meta.exists():
         return json.loads(meta.read_text())
-    if case in REAL:
+    if case.startswith("damaged:"):  # damaged:<real case>: a badly placed, noisy start on a real map
+        name = case.split(":", 1)[1]
+        map_rel, model_rel, res, _, _ = REAL[name]
+        res = res or REAL_RESOLUTION_A[name]
+        model = read_structure(SHARED / model_rel)
+        start = perturb_model(model, DAMAGE_NOISE_A, seed=0, chain_rigid=DAMAGE_CHAIN_RIGID)
+        info = {
+            "kind": "damaged",
+            "map": str(SHARED / map_rel),
+            "resolution_A": res,
+            # The deposited model (spike NTD, F-actin) or the AF3 model the damage was applied to.
+            "truth": str(SHARED / model_rel),
+            "model": str(start.write(d / "start.pdb")),
+            "n_residues": len(model.atoms().residue_names),
+            "damage": {
+                "noise_A": DAMAGE_NOISE_A,
+                "chain_shift_A": DAMAGE_CHAIN_RIGID[0],
+                "chain_turn_deg": DAMAGE_CHAIN_RIGID[1],
+            },
+        }
+    elif case in REAL:
         map_rel, model_rel, res, do_perturb, ref = REAL[case]
         res = res or REAL_RESOLUTION_A[case]
         model = read_structure(SHARED / model_rel)
@@ -457,6 +484,10 @@ def main() -> None:
             cases += sims
         elif c in REAL and (SHARED / REAL[c][0]).exists():
             cases.append(c)
+        elif (
+            c.startswith("damaged:") and c.split(":", 1)[1] in REAL and (SHARED / REAL[c.split(":", 1)[1]][0]).exists()
+        ):
+            cases.append(c)
     t_start = time.perf_counter()
     rows, failures, not_run = [], [], []
     cache = work / "results"
@@ -525,7 +556,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
         return float(np.mean(vals)) if vals else None
 
     summary = {}
-    for kind in ("real", "simulated"):
+    for kind in ("real", "damaged", "simulated"):
         for method in sorted({r["method"] for r in rows}):
             keys = (
                 "cc_mask",
@@ -559,7 +590,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
     paired = {}
     by = {(r["case"], r["method"]): r for r in rows}
     for method in sorted({r["method"] for r in rows} - {"input", "truth", "direct"}):
-        for kind in ("real", "simulated"):
+        for kind in ("real", "damaged", "simulated"):
             both = [c for (c, m) in by if m == method and by[(c, m)]["kind"] == kind and (c, "direct") in by]
             if not both:
                 continue
@@ -619,6 +650,40 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
                 "ours_at_least_peer": bool(best and best["cc_mask"] >= peer["cc_mask"]),
             }
         )
+    # Issue 22's goals, case by case against servalcat (defaults) run in the same benchmark.
+    versus_servalcat = []
+    for (case, method), ours in sorted(by.items()):
+        peer = by.get((case, "servalcat"))
+        if method != "direct" or peer is None:
+            continue
+        entry = {"case": case, "kind": ours["kind"], "resolution_A": ours["resolution_A"]}
+        for key in (
+            "wall_s",
+            "cc_mask",
+            "rmsd_to_truth_A",
+            "rama_outlier_pct",
+            "rotamer_outlier_pct",
+            "clashscore",
+            "bond_rmsd_A",
+        ):
+            entry[key] = {"direct": ours.get(key), "servalcat": peer.get(key)}
+        if ours.get("wall_s") and peer.get("wall_s"):
+            entry["wall_ratio_direct_over_servalcat"] = ours["wall_s"] / peer["wall_s"]
+        versus_servalcat.append(entry)
+    sim3 = [
+        e
+        for e in versus_servalcat
+        if e["kind"] == "simulated" and e["resolution_A"] == 3.0 and e["rmsd_to_truth_A"]["direct"] is not None
+    ]
+    goals = {
+        "sim_3A_rmsd_to_truth_A_mean": {
+            "direct": float(np.mean([e["rmsd_to_truth_A"]["direct"] for e in sim3])) if sim3 else None,
+            "servalcat": float(np.mean([e["rmsd_to_truth_A"]["servalcat"] for e in sim3])) if sim3 else None,
+            "direct_below_servalcat_cases": f"{sum(e['rmsd_to_truth_A']['direct'] < e['rmsd_to_truth_A']['servalcat'] for e in sim3)}/{len(sim3)}",
+        },
+        "real_wall_at_most_servalcat": {e["case"]: e.get("wall_ratio_direct_over_servalcat") for e in versus_servalcat if e["kind"] == "real"},
+        "damaged_rama_outlier_pct_direct (goal <= 0.5)": {r["case"]: r.get("rama_outlier_pct") for r in rows if r["kind"] == "damaged" and r["method"] == "direct"},
+    }  # fmt: skip
     doc = {
         "benchmark": "refine",
         "machine": machine(),
@@ -646,6 +711,8 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
         "summary": summary,
         "paired_with_direct": paired,
         "servalcat_at_equal_or_better_geometry": at_equal_geometry,
+        "versus_servalcat": versus_servalcat,
+        "issue22_goals": goals,
         "rows": rows,
         "failures": failures,
         "not_run": not_run,

@@ -7,6 +7,12 @@ can hydrogen-bond may come to 2.6 Å. The penalty is ``(overlap / 0.1 Å)²`` pe
 divided by the number of atoms. Validation counts a clash at an overlap of 0.4 Å; the default
 allowed overlap here (0.25 Å) keeps a margin below it.
 
+With riding hydrogens (``hydrogens=True``) the term also covers hydrogens, with Probe's H radii,
+a polar H and an N/O acceptor allowed :data:`~cryostack.chem.contacts.HBOND_OVERLAP_A` more overlap
+(a hydrogen bond), and ``pairs_with`` limiting it to pairs that hold a hydrogen (the heavy pairs
+being another term's): MolProbity's clashscore counts contacts of a model with hydrogens, and
+nearly every clash of a refined model involves one.
+
 The pair list (scipy ``cKDTree``) holds every pair within the largest contact distance plus a
 skin; :class:`ClashTerm` rebuilds it when any atom has moved more than half the skin.
 """
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cryostack.chem.contacts import HBOND_ELEMENTS, VDW_RADII_A
+from cryostack.chem.contacts import HBOND_ELEMENTS, HBOND_OVERLAP_A, VDW_RADII_A
 
 ALLOWED_OVERLAP_A = 0.25
 HBOND_CONTACT_A = 2.6
@@ -37,13 +43,23 @@ class ClashTerm:
         altlocs: list[str] | None = None,
         allowed_overlap_A: float = ALLOWED_OVERLAP_A,
         skin_A: float = SKIN_A,
+        hydrogens: bool = False,
+        radii_A: np.ndarray | None = None,
+        polar_h: np.ndarray | None = None,
+        pairs_with: np.ndarray | None = None,
     ):
+        """``hydrogens``: hydrogens take part (else only heavy atoms do); ``radii_A`` ``(N,)``
+        overrides the element radii; ``polar_h`` ``(N,)`` marks hydrogens on N/O/S (hydrogen-bond
+        donors); ``pairs_with`` ``(N,)`` keeps only pairs with at least one marked atom."""
         el = [e.upper() for e in elements]
         self.n = len(el)
-        self.radii = np.array([VDW_RADII_A.get(e, 1.8) for e in el])
+        self.radii = np.array([VDW_RADII_A.get(e, 1.8) for e in el]) if radii_A is None else np.asarray(radii_A)
         self.polar = np.array([e in HBOND_ELEMENTS for e in el])
+        self.polar_h = np.zeros(self.n, dtype=bool) if polar_h is None else np.asarray(polar_h, bool)
+        self.pairs_with = None if pairs_with is None else np.asarray(pairs_with, bool)
         heavy = np.array([e not in ("H", "D") for e in el])
-        self.active = heavy if active is None else (np.asarray(active, bool) & heavy)
+        allowed = np.ones(self.n, dtype=bool) if hydrogens else heavy
+        self.active = allowed if active is None else (np.asarray(active, bool) & allowed)
         self.excluded = np.asarray(excluded_pairs.cpu().numpy() if torch.is_tensor(excluded_pairs) else excluded_pairs)
         self.altlocs = np.array(
             [a if a not in ("\0", " ", "") else "" for a in (altlocs or [""] * self.n)], dtype=object
@@ -62,10 +78,14 @@ class ClashTerm:
         keep = ~np.isin(i.astype(np.int64) * self.n + j, self.excluded)
         a_i, a_j = self.altlocs[i], self.altlocs[j]
         keep &= ~((a_i != "") & (a_j != "") & (a_i != a_j))  # alternative conformers never meet
+        if self.pairs_with is not None:
+            keep &= self.pairs_with[i] | self.pairs_with[j]
         i, j = i[keep], j[keep]
         target = self.radii[i] + self.radii[j] - self.allowed_overlap_A
         hb = self.polar[i] & self.polar[j]
         target = np.where(hb, np.minimum(target, HBOND_CONTACT_A), target)
+        h_bond = (self.polar_h[i] & self.polar[j]) | (self.polar_h[j] & self.polar[i])
+        target = np.where(h_bond, target - HBOND_OVERLAP_A, target)
         self.i = torch.as_tensor(i, device=device)
         self.j = torch.as_tensor(j, device=device)
         self.target = torch.as_tensor(target, device=device, dtype=torch.float32)

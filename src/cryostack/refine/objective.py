@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from cryostack.chem.hydrogens import riding_hydrogens
 from cryostack.density.ops import box_around
 from cryostack.density.simulate import simulate_density
+from cryostack.errors import InputError
 from cryostack.geometry.cbeta import build_cbeta, cbeta_deviations, cbeta_loss
 from cryostack.geometry.clash import ClashTerm
 from cryostack.geometry.ramachandran_prior import build_rama, rama_loss
@@ -57,6 +59,8 @@ class LossWeights:
     rotamer: float = 1.0
     cbeta: float = 1.0
     clash: float = 10.0
+    #: Clashes of riding hydrogens (pairs with at least one H; see :mod:`cryostack.chem.hydrogens`).
+    clash_h: float = 10.0
 
     @classmethod
     def parse(cls, text: str | None) -> LossWeights:
@@ -119,6 +123,7 @@ class RefinementObjective:
         self.atoms = arr = structure.atoms()
         n = arr.n_atoms
         self.restraints: RestraintSet = build_restraints(structure).to(self.device)
+        all_bonds = self.restraints.bond_index.cpu().numpy()
         self.missing = list(self.restraints.residues_without_dictionary)
 
         polymer = np.isin(arr.residue_class[arr.residue_index], (PROTEIN, DNA, RNA))
@@ -138,6 +143,7 @@ class RefinementObjective:
             for res in chain:
                 altlocs.extend(a.altloc for a in res)
         self.clash = ClashTerm(arr.elements, self.restraints.excluded_pairs, altlocs=altlocs)
+        self.riding, self.clash_h = self._riding_hydrogen_clashes(structure, all_bonds, altlocs)
 
         # Density: a sub-box of the map around the model, the experimental values z-scored in the mask.
         self.mask_radius_A = mask_radius_A or default_mask_radius_A(resolution_A)
@@ -156,6 +162,39 @@ class RefinementObjective:
         self.target = torch.as_tensor(target.astype(np.float32), device=self.device)
         self._z = torch.as_tensor(arr.atomic_numbers, device=self.device)
         self.n_atoms = n
+
+    def _riding_hydrogen_clashes(self, structure: Structure, bonds: np.ndarray, altlocs: list[str]):
+        """Riding hydrogens and their clash term, or ``(None, None)``: the weight is 0, the model
+        carries its own hydrogens (those are atoms of the model, restrained like any other), or
+        gemmi cannot place them."""
+        arr = self.atoms
+        if not self.weights.clash_h or any(e.upper() in ("H", "D") for e in arr.elements):
+            return None, None
+        try:
+            rh = riding_hydrogens(structure)
+        except InputError:
+            return None, None
+        if len(rh) == 0:
+            return None, None
+        n, m = arr.n_atoms, len(rh)
+        parent = rh.parent
+        heavy_radii = ClashTerm(arr.elements, np.zeros(0, dtype=np.int64)).radii
+        term = ClashTerm(
+            list(arr.elements) + ["H"] * m,
+            rh.excluded_pairs(bonds, n),
+            altlocs=list(altlocs) + [altlocs[p] for p in parent],
+            hydrogens=True,
+            radii_A=np.concatenate([heavy_radii, rh.radii_A]),
+            polar_h=np.concatenate([np.zeros(n, dtype=bool), rh.polar]),
+            pairs_with=np.concatenate([np.zeros(n, dtype=bool), np.ones(m, dtype=bool)]),
+        )
+        return rh.to(self.device), term
+
+    def with_hydrogens(self, coords: torch.Tensor) -> torch.Tensor:
+        """``(N + H, 3)``: ``coords`` followed by the riding hydrogens (``coords`` when there are none)."""
+        if self.riding is None:
+            return coords
+        return torch.cat([coords, self.riding.positions(coords)])
 
     # -- terms ------------------------------------------------------------------------------------
     def model_map(self, coords: torch.Tensor) -> torch.Tensor:
@@ -191,6 +230,7 @@ class RefinementObjective:
         terms["rotamer"] = rotamer_loss(x, self.rotamers) if w.rotamer else zero
         terms["cbeta"] = cbeta_loss(x, self.cbeta) if w.cbeta else zero
         terms["clash"] = self.clash(x) if w.clash else zero
+        terms["clash_h"] = self.clash_h(self.with_hydrogens(x)) if self.clash_h is not None else zero
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
 

@@ -13,13 +13,17 @@ def perturb_model(
     shift_A=(0.0, 0.0, 0.0),
     seed: int = 0,
     domain_shift_A: tuple[float, float] | None = None,
+    chain_rigid: tuple[float, float] | None = None,
 ) -> Structure:
     """A copy of ``structure`` with its polymer atoms moved; ligands and waters stay in place.
 
     Every polymer atom gets Gaussian noise of ``noise_A`` Å per axis plus the rigid ``shift_A``
     (Å, x y z). With ``domain_shift_A = (lo, hi)`` the polymer is also cut into two spatial halves
     at its centre along its longest axis (whole residues) and each half is shifted rigidly by a
-    random length in [lo, hi] Å in a random direction, like a misplaced domain.
+    random length in [lo, hi] Å in a random direction, like a misplaced domain. With
+    ``chain_rigid = (shift_A, angle_deg)`` every chain is also turned by ``angle_deg`` degrees about
+    a random axis through its polymer centre and shifted by ``shift_A`` Å in a random direction,
+    like a docked or predicted model whose chains sit a few Å off.
     """
     arr = structure.atoms()
     rng = np.random.default_rng(seed)
@@ -37,4 +41,15 @@ def perturb_model(
             sel = move & (res_side[arr.residue_index] == side)
             d = rng.normal(size=3)
             x[sel] += d / np.linalg.norm(d) * rng.uniform(*domain_shift_A)
+    if chain_rigid is not None and move.any():
+        shift, angle = float(chain_rigid[0]), np.deg2rad(float(chain_rigid[1]))
+        atom_chain = arr.residue_chain[arr.residue_index]
+        for c in np.unique(atom_chain[move]):
+            sel = move & (atom_chain == c)
+            axis, direction = rng.normal(size=3), rng.normal(size=3)
+            k = axis / np.linalg.norm(axis)
+            K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+            rot = np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+            centre = x[sel].mean(0)
+            x[sel] = (x[sel] - centre) @ rot.T + centre + direction / np.linalg.norm(direction) * shift
     return structure.with_coordinates(x)

@@ -54,6 +54,7 @@ from cryostack.chem.contacts import (
     HBOND_OVERLAP_A,
     VDW_RADII_A,
 )
+from cryostack.chem.hydrogens import add_riding_hydrogens
 from cryostack.chem.monlib import atom_key, monomer_library, topology
 from cryostack.io.models import Structure
 
@@ -88,18 +89,6 @@ class ClashResult:
 
 def atom_ref(atom: gemmi.Atom, res: gemmi.Residue, chain: str) -> str:
     return f"{chain}/{res.name}{res.seqid.num}{res.seqid.icode.strip()}/{atom.name}"
-
-
-def add_riding_hydrogens(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
-    """A copy of the first model with every hydrogen re-placed from the monomer library.
-
-    Returns ``(copy, topology, missing)`` as :func:`cryostack.chem.monlib.topology` does: residues
-    without a dictionary are left out of the copy. Waters get no hydrogens. Positions use the
-    dictionaries' electron-cloud X–H distances. Links the file does not declare (a disulfide in an
-    AlphaFold model) are found by distance first, so that no H is put on a linked S or N.
-    Raises ``InputError`` where gemmi cannot place them.
-    """
-    return topology(structure, h_change=gemmi.HydrogenChange.ReAddButWater, automatic_links=True)
 
 
 def heavy_atom_clashes(st: gemmi.Structure, topo: gemmi.Topo) -> ClashResult:

@@ -37,7 +37,7 @@ class ClashTerm:
     def __init__(
         self,
         elements: list[str],
-        excluded_pairs: torch.Tensor,
+        excluded_pairs: torch.Tensor | np.ndarray,
         *,
         active: np.ndarray | None = None,
         altlocs: list[str] | None = None,

@@ -85,8 +85,7 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
             for group in opt.param_groups:
                 group["lr"] = config.lr * LR_DECAY ** (recycle - 1)
             for _ in range(config.steps_per_recycle):
-                closure()
-                opt.step()
+                opt.step(closure)
         with torch.no_grad():
             x = coords()
             loss, terms = objective(x)

@@ -46,9 +46,9 @@ def perturb_model(
         atom_chain = arr.residue_chain[arr.residue_index]
         for c in np.unique(atom_chain[move]):
             sel = move & (atom_chain == c)
-            axis, direction = rng.normal(size=3), rng.normal(size=3)
-            k = axis / np.linalg.norm(axis)
-            K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+            turn_axis, direction = rng.normal(size=3), rng.normal(size=3)
+            u = turn_axis / np.linalg.norm(turn_axis)
+            K = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
             rot = np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
             centre = x[sel].mean(0)
             x[sel] = (x[sel] - centre) @ rot.T + centre + direction / np.linalg.norm(direction) * shift

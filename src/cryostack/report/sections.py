@@ -251,7 +251,7 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
     if cross:
         s.add("<h3>Half-map cross-validation</h3>", *_cross_validation_parts(cross))
     if ref.get("rounds"):
-        rows = [
+        trace = [
             (r["round"], fmt(r["ca_shift_rms_A"], "{:.3f}"), fmt(r["ca_shift_max_A"], "{:.2f}"),
              fmt(r["atom_shift_rms_A"], "{:.3f}"), fmt(r["cc"], "{:.4f}"), r["recycles"], fmt(r["wall_s"], "{:.1f}"))
             for r in ref["rounds"]
@@ -259,7 +259,7 @@ def refinement_section(record: Mapping, *, anchor: str = "refinement") -> Sectio
         s.add(
             "<h3>Convergence</h3>",
             table(["round", "Cα RMS shift (Å)", "Cα max shift (Å)", "all-atom RMS shift (Å)", "CC (mask)",
-                   "recycles", "wall (s)"], rows, sortable=False),
+                   "recycles", "wall (s)"], trace, sortable=False),
         )  # fmt: skip
     hist = ref.get("history") or []
     if hist:

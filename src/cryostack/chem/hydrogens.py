@@ -13,15 +13,18 @@ Rotatable hydrogens (methyl, OH) keep the torsion they were placed with relative
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gemmi
 import numpy as np
-import torch
 from scipy import sparse
 
 from cryostack.chem.contacts import H_NONPOLAR_RADIUS_A, H_POLAR_RADIUS_A
 from cryostack.chem.monlib import atom_key, topology
 from cryostack.io.models import Structure
+
+if TYPE_CHECKING:  # torch is imported where it is used: validation imports this module without it
+    import torch
 
 
 def add_riding_hydrogens(structure: Structure) -> tuple[gemmi.Structure, gemmi.Topo, list[str]]:
@@ -98,6 +101,8 @@ class RidingHydrogens:
 
 
 def _frame(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch
+
     e1 = torch.nn.functional.normalize(a - x, dim=-1)
     v = b - x
     e2 = torch.nn.functional.normalize(v - (v * e1).sum(-1, keepdim=True) * e1, dim=-1)
@@ -110,6 +115,8 @@ def riding_hydrogens(structure: Structure) -> RidingHydrogens:
     Hydrogens whose parent has no heavy neighbour to build a frame from (an isolated ion), or whose
     residue has no dictionary, are left out; waters get none.
     """
+    import torch
+
     arr = structure.atoms()
     index: dict[tuple, int] = {}
     i = 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+from scipy import sparse
+
 #: Probe-like van der Waals radii (Å) for heavy atoms; polar pairs that can hydrogen-bond are
 #: allowed to approach closer (see :data:`HBOND_MIN_DISTANCE_A`).
 VDW_RADII_A = {"C": 1.70, "N": 1.55, "O": 1.40, "S": 1.80, "P": 1.80, "SE": 1.90, "H": 1.10}
@@ -28,3 +31,17 @@ AROMATIC_C_RADIUS_A = 1.75
 HBOND_OVERLAP_A = 0.6
 #: The same when both partners are charged (salt bridge: Lys/Arg/N-terminus to carboxylate/phosphate).
 HBOND_CHARGED_OVERLAP_A = 0.8
+
+
+def bond_reach(adjacency: sparse.spmatrix, depth: int) -> sparse.csr_matrix:
+    """Pairs joined by a path of at most ``depth`` bonds, the diagonal included, as a 0/1 matrix
+    (sorted indices). ``adjacency``: the symmetric ``(N, N)`` bond graph. Atoms within a few bonds
+    never clash, and a bond restraint's 1-2, 1-3 and 1-4 pairs are these for ``depth = 3``."""
+    n = adjacency.shape[0]
+    step = ((adjacency + sparse.identity(n, format="csr")) != 0).astype(np.int32)
+    reach = step.copy()
+    for _ in range(depth - 1):
+        reach = ((reach @ step) > 0).astype(np.int32)
+    reach = sparse.csr_matrix(reach)
+    reach.sort_indices()
+    return reach

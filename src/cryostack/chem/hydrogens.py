@@ -19,7 +19,7 @@ import gemmi
 import numpy as np
 from scipy import sparse
 
-from cryostack.chem.contacts import H_NONPOLAR_RADIUS_A, H_POLAR_RADIUS_A
+from cryostack.chem.contacts import H_NONPOLAR_RADIUS_A, H_POLAR_RADIUS_A, bond_reach
 from cryostack.chem.monlib import atom_key, topology
 from cryostack.io.models import Structure
 
@@ -37,16 +37,6 @@ def add_riding_hydrogens(structure: Structure) -> tuple[gemmi.Structure, gemmi.T
     Raises ``InputError`` where gemmi cannot place them.
     """
     return topology(structure, h_change=gemmi.HydrogenChange.ReAddButWater, automatic_links=True)
-
-
-def bond_reach(adjacency: sparse.csr_matrix, depth: int) -> sparse.csr_matrix:
-    """Pairs joined by a path of at most ``depth`` bonds (the diagonal included), as a boolean matrix."""
-    n = adjacency.shape[0]
-    step = (adjacency + sparse.identity(n, format="csr")).astype(bool).astype(np.int32)
-    reach = step.copy()
-    for _ in range(depth - 1):
-        reach = ((reach @ step) > 0).astype(np.int32)
-    return reach.tocsr()
 
 
 @dataclass
@@ -141,8 +131,7 @@ def riding_hydrogens(structure: Structure) -> RidingHydrogens:
         ip = index.get(atom_key(parent))
         if ip is not None and h.altloc in ("\0", "A"):
             h_parent.append((ip, h))
-    frames, local, polar = [], [], []
-    xyz = arr.coords.astype(np.float64)
+    frames, h_xyz = [], []
     for ip, h in h_parent:
         nbs = heavy_nb.get(ip, [])
         if not nbs:
@@ -151,15 +140,18 @@ def riding_hydrogens(structure: Structure) -> RidingHydrogens:
         b = nbs[1] if len(nbs) > 1 else next((n for n in heavy_nb.get(a, []) if n != ip), None)
         if b is None:
             continue
-        e = [t.numpy() for t in _frame(*(torch.as_tensor(xyz[[k]]) for k in (ip, a, b)))]
-        d = np.array(h.pos.tolist()) - xyz[ip]
         frames.append((ip, a, b))
-        local.append([float(d @ e[0][0]), float(d @ e[1][0]), float(d @ e[2][0])])
-        polar.append(arr.elements[ip].upper() in ("N", "O", "S"))
+        h_xyz.append(h.pos.tolist())
+    frame = torch.as_tensor(np.array(frames, dtype=np.int64).reshape(-1, 3))
+    xyz = torch.as_tensor(arr.coords, dtype=torch.float64)
+    x, a_xyz, b_xyz = (xyz[frame[:, k]] for k in range(3))
+    d = torch.as_tensor(np.array(h_xyz, dtype=np.float64).reshape(-1, 3)) - x
+    local = torch.stack([(d * e).sum(-1) for e in _frame(x, a_xyz, b_xyz)], dim=-1)
+    polar = [arr.elements[ip].upper() in ("N", "O", "S") for ip, _, _ in frames]
     polar_np = np.array(polar, dtype=bool)
     return RidingHydrogens(
-        frame=torch.as_tensor(np.array(frames, dtype=np.int64).reshape(-1, 3)),
-        local=torch.as_tensor(np.array(local, dtype=np.float32).reshape(-1, 3)),
+        frame=frame,
+        local=local.to(torch.float32),
         polar=polar_np,
         radii_A=np.where(polar_np, H_POLAR_RADIUS_A, H_NONPOLAR_RADIUS_A),
     )

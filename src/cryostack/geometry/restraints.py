@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from cryostack.chem.contacts import bond_reach
 from cryostack.io.models import Structure
 
 #: Chiral-volume standard deviation (Å³); the library gives none (REFMAC's default is 0.2).
@@ -252,13 +253,7 @@ def _excluded_pairs(bond_index: np.ndarray, n: int, depth: int = 3) -> np.ndarra
     if len(bond_index) == 0:
         return np.zeros(0, dtype=np.int64)
     a = sp.coo_matrix((np.ones(len(bond_index)), (bond_index[:, 0], bond_index[:, 1])), shape=(n, n)).tocsr()
-    a = ((a + a.T) > 0).astype(np.int8)
-    reach = a.copy()
-    power = a.copy()
-    for _ in range(depth - 1):
-        power = ((power @ a) > 0).astype(np.int8)
-        reach = ((reach + power) > 0).astype(np.int8)
-    reach = sp.triu(reach, k=1).tocoo()
+    reach = sp.triu(bond_reach(a + a.T, depth), k=1).tocoo()
     return np.unique(reach.row.astype(np.int64) * n + reach.col.astype(np.int64))
 
 

@@ -178,13 +178,12 @@ class RefinementObjective:
             return None, None
         n, m = arr.n_atoms, len(rh)
         parent = rh.parent
-        heavy_radii = ClashTerm(arr.elements, np.zeros(0, dtype=np.int64)).radii
         term = ClashTerm(
             list(arr.elements) + ["H"] * m,
             rh.excluded_pairs(bonds, n),
             altlocs=list(altlocs) + [altlocs[p] for p in parent],
             hydrogens=True,
-            radii_A=np.concatenate([heavy_radii, rh.radii_A]),
+            radii_A=np.concatenate([self.clash.radii, rh.radii_A]),
             polar_h=np.concatenate([np.zeros(n, dtype=bool), rh.polar]),
             pairs_with=np.concatenate([np.zeros(n, dtype=bool), np.ones(m, dtype=bool)]),
         )

@@ -53,6 +53,7 @@ from cryostack.chem.contacts import (
     HBOND_MIN_DISTANCE_A,
     HBOND_OVERLAP_A,
     VDW_RADII_A,
+    bond_reach,
 )
 from cryostack.chem.hydrogens import add_riding_hydrogens
 from cryostack.chem.monlib import atom_key, monomer_library, topology
@@ -122,7 +123,7 @@ def heavy_atom_clashes(st: gemmi.Structure, topo: gemmi.Topo) -> ClashResult:
     hbond = polar[p1] & polar[p2] & (d >= HBOND_MIN_DISTANCE_A)  # a plausible hydrogen bond, not a clash
     keep = (overlap >= CLASH_OVERLAP_A) & ~hbond
     if keep.any():
-        reach = _reach(_adjacency(bi, bj, len(atoms)), EXCLUDED_BONDS)
+        reach = bond_reach(_adjacency(bi, bj, len(atoms)), EXCLUDED_BONDS)
         keep[keep] = ~(np.asarray(reach[p1[keep], p2[keep]]).ravel() > 0)
     clashes = _records(atoms, info, p1[keep], p2[keep], d[keep], overlap[keep])
     return ClashResult(1000.0 * len(clashes) / len(atoms), clashes, len(atoms), 0, HEAVY_ATOM_METHOD)
@@ -163,7 +164,7 @@ def all_atom_clashes(structure: Structure, *, keep_hydrogens: bool = False) -> C
     adj = _adjacency(bi, bj, n)
     radii = _radii(atoms, types, elem, is_h, adj, ener)
     roles = _Roles(elem, types, is_h, np.array(water), adj, ener)
-    reach3, reach4 = _reach(adj, EXCLUDED_BONDS), _reach(adj, EXCLUDED_BONDS_H)
+    reach3, reach4 = bond_reach(adj, EXCLUDED_BONDS), bond_reach(adj, EXCLUDED_BONDS_H)
     if not keep_hydrogens:
         _turn_rotatable_hydrogens(xyz, radii, elem, is_h, adj, roles, reach4)
 
@@ -379,19 +380,6 @@ def _adjacency(bi: list[int], bj: list[int], n: int) -> sparse.csr_matrix:
     adj.data[:] = 1.0
     adj.sort_indices()
     return adj
-
-
-def _reach(adj: sparse.csr_matrix, depth: int) -> sparse.csr_matrix:
-    """Atoms joined by a path of at most ``depth`` bonds (the diagonal included)."""
-    reach, walk = adj.copy(), adj
-    for _ in range(depth - 1):
-        walk = walk @ adj
-        walk.data[:] = 1.0  # only connectivity matters; keeps the counts from growing
-        reach = reach + walk
-    reach = reach.tocsr()
-    reach.data[:] = 1.0
-    reach.sort_indices()
-    return reach
 
 
 def _fibonacci_sphere(n: int) -> np.ndarray:

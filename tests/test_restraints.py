@@ -244,6 +244,22 @@ def test_rotamer_prior_low_for_real_side_chains_and_descends(ntd):
     assert rotamer_loss(y.detach(), rot) < rotamer_loss(noisy, rot)
 
 
+def test_rotamer_energy_batched_equals_per_grid_lookup(ntd):
+    """All grids in one look-up (padded to 4 chis) give each grid's own interpolation."""
+    from cryostack.geometry.restraints import dihedrals
+    from cryostack.geometry.rotamer_prior import _interpolate, energy_grid
+
+    rot = build_rotamers(ntd.atoms())
+    x = _x(ntd) + 0.3 * torch.randn(_x(ntd).shape, generator=torch.Generator().manual_seed(2))
+    per_grid = []
+    for name, q in rot.groups.items():
+        s, n, _ = q.shape
+        chis = torch.rad2deg(dihedrals(x, q.reshape(-1, 4))).reshape(s, n)
+        per_grid.append(_interpolate(*energy_grid(name), chis))
+    assert len(rot.groups) >= 10
+    assert torch.allclose(rotamer_energy(x, rot), torch.cat(per_grid), atol=1e-4)
+
+
 def test_cbeta_term_agrees_with_validation(ntd):
     arr = ntd.atoms()
     cb = build_cbeta(arr)
@@ -283,3 +299,21 @@ def test_clash_term_excludes_bonded_and_repels_overlaps(ntd, ntd_rs):
     assert float(loss.detach()) > base + 0.1
     loss.backward()
     assert float((y.grad[j] - y.grad[i])[0]) < 0  # descent moves j further along +x from i
+
+
+def test_clash_pair_list_kept_between_rebuilds_misses_nothing(ntd, ntd_rs):
+    """The pair list keeps only pairs that can touch before the next rebuild; after every atom has
+    moved just under half the skin (no rebuild) it gives the same loss as a fresh list."""
+    arr = ntd.atoms()
+    term = ClashTerm(arr.elements, ntd_rs.excluded_pairs)
+    x = _x(ntd)
+    term(x)
+    g = torch.Generator().manual_seed(3)
+    step = torch.randn(x.shape, generator=g)
+    y = x + 0.49 * term.skin_A * step / step.norm(dim=1, keepdim=True)
+    rebuilds = term.rebuilds
+    moved = term(y)
+    assert term.rebuilds == rebuilds
+    fresh = ClashTerm(arr.elements, ntd_rs.excluded_pairs)(y)
+    assert float(fresh) > 1.0  # the moves created clashes to find
+    assert torch.allclose(moved, fresh)

@@ -115,21 +115,80 @@ def _interpolate(table: torch.Tensor, lower, width, bins, chis_deg: torch.Tensor
     return (w * table[idx]).sum(dim=1)
 
 
+@dataclass
+class _Packed:
+    """Every side chain's chi look-up in one batch: the grids concatenated into one flat table and
+    each side chain's chis padded to 4 (a padded dimension has one bin and no weight)."""
+
+    quads: torch.Tensor  # (M, 4) atoms of every chi, all groups
+    chi_index: torch.Tensor  # (S, 4) row of each side chain's chis in ``quads`` (0 where padded)
+    valid: torch.Tensor  # (S, 4) bool
+    lower: torch.Tensor  # (S, 4) °
+    width: torch.Tensor  # (S, 4) °
+    bins: torch.Tensor  # (S, 4) int64
+    strides: torch.Tensor  # (S, 4) int64
+    offset: torch.Tensor  # (S,) start of the side chain's grid in ``table``
+    table: torch.Tensor  # (T,) energies of every grid
+
+
+def _pack(rot: RotamerSet, device, dtype) -> _Packed:
+    quads, chi_index, valid, lower, width, bins, strides, offset, tables = [], [], [], [], [], [], [], [], []
+    row = table_start = 0
+    for name, q in rot.groups.items():
+        table, lo, wd, nb = energy_grid(name)
+        s, n, _ = q.shape
+        quads.append(q.reshape(-1, 4))
+        idx = torch.zeros(s, 4, dtype=torch.int64)
+        idx[:, :n] = row + torch.arange(s * n).reshape(s, n)
+        row += s * n
+        chi_index.append(idx)
+        ok = torch.zeros(s, 4, dtype=torch.bool)
+        ok[:, :n] = True
+        valid.append(ok)
+        pad = 4 - n
+        lower.append(torch.cat([lo, torch.zeros(pad)]).expand(s, 4))
+        width.append(torch.cat([wd, torch.ones(pad)]).expand(s, 4))
+        b4 = torch.cat([nb, torch.ones(pad, dtype=torch.int64)])
+        bins.append(b4.expand(s, 4))
+        st = torch.ones(4, dtype=torch.int64)
+        for d in range(2, -1, -1):
+            st[d] = st[d + 1] * b4[d + 1]
+        strides.append(st.expand(s, 4))
+        offset.append(torch.full((s,), table_start, dtype=torch.int64))
+        tables.append(table)
+        table_start += table.numel()
+    return _Packed(
+        quads=torch.cat(quads).to(device),
+        chi_index=torch.cat(chi_index).to(device),
+        valid=torch.cat(valid).to(device),
+        lower=torch.cat(lower).to(device=device, dtype=dtype),
+        width=torch.cat(width).to(device=device, dtype=dtype),
+        bins=torch.cat(bins).to(device),
+        strides=torch.cat(strides).to(device),
+        offset=torch.cat(offset).to(device),
+        table=torch.cat(tables).to(device=device, dtype=dtype),
+    )
+
+
 def rotamer_energy(x: torch.Tensor, rot: RotamerSet) -> torch.Tensor:
     """``(S,)`` prior energies of all side chains (grouped by grid, concatenated)."""
     if not rot.groups:
         return x.new_zeros(0)
-    # One dihedral evaluation for every chi of every group, then one table look-up per grid.
-    quads = [q.reshape(-1, 4) for q in rot.groups.values()]
-    chis_all = torch.rad2deg(dihedrals(x, torch.cat(quads)))
-    out, start = [], 0
-    for (name, q), flat in zip(rot.groups.items(), quads):
-        table, lower, width, bins = (t.to(x.device) for t in energy_grid(name))
-        s, n, _ = q.shape
-        chis = chis_all[start : start + flat.shape[0]].reshape(s, n)
-        start += flat.shape[0]
-        out.append(_interpolate(table.to(x.dtype), lower.to(x.dtype), width.to(x.dtype), bins, chis))
-    return torch.cat(out)
+    # The term runs at every step: one dihedral evaluation and one 16-corner gather for all side
+    # chains of every grid (per-grid look-ups cost ~17 small calls each).
+    key = (x.device, x.dtype)
+    cache = rot.__dict__.setdefault("_packed", {})
+    if key not in cache:
+        cache[key] = _pack(rot, x.device, x.dtype)
+    p: _Packed = cache[key]
+    chis = torch.rad2deg(dihedrals(x, p.quads))[p.chi_index]  # (S, 4)
+    u = torch.remainder(chis - p.lower, p.width * p.bins.to(x.dtype)) / p.width - 0.5
+    base = torch.floor(u)
+    frac = torch.where(p.valid, u - base, torch.zeros_like(u))
+    upper = _corners(4).to(x.device)  # (16, 4)
+    w = torch.where(upper.bool()[None], frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=2)  # (S, 16)
+    idx = torch.remainder(base.to(torch.int64)[:, None, :] + upper[None], p.bins[:, None, :]) * p.strides[:, None, :]
+    return (w * p.table[idx.sum(dim=2) + p.offset[:, None]]).sum(dim=1)
 
 
 def rotamer_loss(x: torch.Tensor, rot: RotamerSet) -> torch.Tensor:

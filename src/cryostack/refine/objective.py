@@ -20,6 +20,7 @@ import torch
 
 from cryostack.chem.hydrogens import riding_hydrogens
 from cryostack.density.ops import box_around
+from cryostack.density.scattering import PROFILE_TOLERANCE
 from cryostack.density.simulate import simulate_density
 from cryostack.errors import InputError
 from cryostack.geometry.cbeta import build_cbeta, cbeta_deviations, cbeta_loss
@@ -200,12 +201,24 @@ class RefinementObjective:
         """Model map ``(nz, ny, nx)`` on the sub-box (differentiable in ``coords``)."""
         h = self._heavy
         return simulate_density(
-            coords[h], self._z[h], self.box.grid, resolution_A=self.resolution_A, cutoff=DENSITY_CUTOFF
+            coords[h],
+            self._z[h],
+            self.box.grid,
+            resolution_A=self.resolution_A,
+            cutoff=DENSITY_CUTOFF,
+            profile_tolerance=PROFILE_TOLERANCE,
         )
+
+    def _mask_index(self) -> torch.Tensor:
+        """Flat indices of the mask's voxels (a boolean index costs a nonzero() every call)."""
+        if getattr(self, "_mask_of_index", None) is not self.mask:
+            self._mask_of_index = self.mask
+            self._mask_flat = torch.nonzero(self.mask.reshape(-1)).squeeze(1)
+        return self._mask_flat
 
     def correlation(self, coords: torch.Tensor) -> torch.Tensor:
         """Pearson CC (tensor) between model and experimental map over the mask."""
-        return pearson(self.model_map(coords)[self.mask], self.target)
+        return pearson(self.model_map(coords).reshape(-1).index_select(0, self._mask_index()), self.target)
 
     def cc(self, coords: torch.Tensor) -> float:
         """The density correlation (for progress displays)."""

@@ -58,6 +58,9 @@ class RefineConfig:
     crop_margin_A: float = 8.0
     #: Minimum relative improvement of the best total loss that resets the patience counter.
     min_improvement: float = 1e-3
+    #: After the recycles, turn peptide planes to clear Ramachandran outliers where the map allows
+    #: (:mod:`cryostack.refine.peptide_fit`) and polish with one short Adam recycle ("direct").
+    fit_peptides: bool = True
     #: After the recycles, put non-favoured side chains into their best Top8000 rotamer
     #: (:mod:`cryostack.refine.rotamer_fit`) and polish with one short Adam recycle ("direct").
     fit_rotamers: bool = True
@@ -83,7 +86,7 @@ class RecycleRecord:
     loss: float
     terms: dict[str, float]
     cc: float
-    #: What produced these coordinates: ``"start"``, ``"adam"`` (a recycle), ``"rotamer_fit"`` or ``"polish"``.
+    #: What produced these coordinates: ``"start"``, ``"adam"`` (a recycle), ``"peptide_fit"``, ``"rotamer_fit"`` or ``"polish"``.
     stage: str = "adam"
     #: The round (1-based) this record belongs to.
     round: int = 1
@@ -122,6 +125,8 @@ class RefineResult:
     crops: int = 1
     wall_s: float = 0.0
     rotamer_fit: dict | None = None
+    #: The peptide-turn stats of the last round (:mod:`cryostack.refine.peptide_fit`), ``None`` if it did not run.
+    peptide_fit: dict | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
     converged: bool | None = None
     #: The convergence criterion: Cα RMS shift of a round (Å) below which rounds stop.
@@ -142,6 +147,7 @@ class RefineResult:
             "crops": self.crops,
             "wall_s": self.wall_s,
             "rotamer_fit": self.rotamer_fit,
+            "peptide_fit": self.peptide_fit,
             "adp": self.adp,
             "rounds": [r.__dict__ for r in self.rounds],
             "converged": self.converged,

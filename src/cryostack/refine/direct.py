@@ -24,7 +24,7 @@ import torch
 
 from cryostack.refine.api import OPTIMIZERS, RecycleRecord, RefineConfig, RefineResult, recycle_cc, terms_as_floats
 from cryostack.refine.objective import RefinementObjective
-from cryostack.refine.stages import adam_steps, fit_rotamers_and_polish, place
+from cryostack.refine.stages import adam_steps, fit_peptides_and_polish, fit_rotamers_and_polish, place
 
 #: Adam's step shrinks by this factor each recycle.
 LR_DECAY = 0.7
@@ -102,14 +102,18 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
             stale += 1
             if stale >= config.patience:
                 break
-    fit_stats = None
+    fit_stats = peptide_stats = None
+
+    def polish(x: torch.Tensor) -> torch.Tensor:
+        return adam_steps(
+            objective, x, max(1, config.steps_per_recycle), config.lr * POLISH_LR_FACTOR, decay_to_zero=True
+        )
+
+    if config.fit_peptides:
+        best_x, best_recycle, best_loss, peptide_stats = fit_peptides_and_polish(
+            objective, best_x, best_loss, best_recycle, history, progress, polish
+        )
     if config.fit_rotamers:
-
-        def polish(x: torch.Tensor) -> torch.Tensor:
-            return adam_steps(
-                objective, x, max(1, config.steps_per_recycle), config.lr * POLISH_LR_FACTOR, decay_to_zero=True
-            )
-
         best_x, best_recycle, fit_stats = fit_rotamers_and_polish(
             objective, best_x, best_loss, best_recycle, history, progress, polish
         )
@@ -120,6 +124,7 @@ def optimize_direct(objective: RefinementObjective, config: RefineConfig, progre
         best_recycle=best_recycle,
         wall_s=time.perf_counter() - t0,
         rotamer_fit=fit_stats,
+        peptide_fit=peptide_stats,
     )
 
 

@@ -37,6 +37,7 @@ from scipy.cluster.vq import kmeans2
 from cryostack.refine.api import RecycleRecord, RefineConfig, recycle_cc, terms_as_floats
 from cryostack.refine.coarse import coarse_objective, coarse_resolution_A
 from cryostack.refine.objective import RefinementObjective
+from cryostack.refine.peptide_fit import fit_peptides
 from cryostack.refine.rotamer_fit import fit_rotamers
 
 #: Residues per rigid group in the full-resolution rigid-body stage.
@@ -219,3 +220,32 @@ def fit_rotamers_and_polish(
             stats["kept"] = True
             return polished, rec.recycle, stats
     return best_x, best_recycle, stats
+
+
+def fit_peptides_and_polish(
+    objective: RefinementObjective,
+    best_x: torch.Tensor,
+    best_loss: float,
+    best_recycle: int,
+    history: list,
+    progress,
+    polish: Callable[[torch.Tensor], torch.Tensor],
+):
+    """Peptide-plane turns for Ramachandran outliers (:func:`~cryostack.refine.peptide_fit.fit_peptides`),
+    then ``polish``; returns the model to keep, its history index, its loss and the stats
+    (``kept``), kept by the same rule as :func:`fit_rotamers_and_polish`."""
+    t0 = time.perf_counter()
+    fitted, stats = fit_peptides(objective, best_x)
+    stats["kept"] = False
+    stats["fit_s"] = time.perf_counter() - t0
+    if stats["changed"] == 0:
+        return best_x, best_recycle, best_loss, stats
+    record(objective, fitted, history, "peptide_fit", progress)
+    polished = polish(fitted)
+    rec = record(objective, polished, history, "polish", progress)
+    stats["fit_and_polish_s"] = time.perf_counter() - t0
+    w = getattr(objective.weights, "density", 1.0) or 1.0
+    if rec.loss <= best_loss + w * FIT_CC_TOLERANCE:
+        stats["kept"] = True
+        return polished, rec.recycle, rec.loss, stats
+    return best_x, best_recycle, best_loss, stats

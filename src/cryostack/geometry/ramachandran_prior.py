@@ -37,8 +37,8 @@ FUNNEL_DEG = 30.0
 FUNNEL_FLOOR = 1e-3
 #: How many times faster the energy rises beyond validation's outlier line than the table says.
 #: With the floor 10⁻³ (flat outlier regions, a mean over all residues) 5–6 % of residues stayed
-#: outliers when refining damaged starts (0.7 Å noise, 3 Å/5° per chain); with this, 0–1.1 %
-#: (docs/refine.md), at the same map fit.
+#: outliers when refining damaged starts (0.7 Å noise, 3 Å/5° per chain); with this and the
+#: peptide turns, 0–0.8 % (docs/refine.md), at the same map fit.
 OUTLIER_STEEPNESS = 25.0
 #: Width (degrees) of the periodic Gaussian smoothing the 2° tables.
 SMOOTH_DEG = 4.0

@@ -10,8 +10,9 @@ loss than the 320 Adam steps of a pass: 65.7 vs 66.6, 2 s vs 12 s), but the defa
 set with Adam, whose stopping short of the minimum holds the geometry: with L-BFGS the map fit
 rises and the geometry loosens (docs/refine.md), so Adam stays the default. Refinement stops
 after ``max_recycles`` or when the best loss has not improved by ``min_improvement`` (relative)
-for ``patience`` recycles. Rotamer fitting
-follows (``RefineConfig.fit_rotamers``, :func:`cryostack.refine.stages.fit_rotamers_and_polish`),
+for ``patience`` recycles. Peptide-plane turns for Ramachandran outliers follow
+(``RefineConfig.fit_peptides``, :func:`cryostack.refine.stages.fit_peptides_and_polish`), then
+rotamer fitting (``RefineConfig.fit_rotamers``, :func:`cryostack.refine.stages.fit_rotamers_and_polish`),
 polished by ``steps_per_recycle`` Adam steps whose step falls linearly from
 ``POLISH_LR_FACTOR × lr`` to zero. All stages are recorded in the history (``stage``).
 """

@@ -61,15 +61,22 @@ def test_pairs_within_four_bonds_of_a_hydrogen_are_excluded(piece):
         assert same_parent[0] * total + same_parent[1] in keys
 
 
-def test_refining_with_riding_hydrogens_leaves_fewer_all_atom_clashes(piece):
-    s, dmap = piece
-    rng = np.random.default_rng(4)
-    start = s.with_coordinates(s.atoms().coords + rng.normal(0, 0.4, s.atoms().coords.shape))
-    config = RefineConfig(max_recycles=2, steps_per_recycle=15, rigid_steps=0, coarse_recycles=0,
-                          fit_rotamers=False, refine_b_factors=False, max_rounds=1)  # fmt: skip
-    with_h, _ = refine(start, dmap, RES, config, LossWeights())
-    without_h, _ = refine(start, dmap, RES, config, LossWeights(clash_h=0.0))
-    assert all_atom_clashes(with_h).clashscore < all_atom_clashes(without_h).clashscore
+def test_refining_with_riding_hydrogens_leaves_fewer_all_atom_clashes(spike_piece, simulated_map):
+    # 40 residues and 60 steps: on 20 residues and 30 steps both runs end with the same 2–4
+    # clashes, too few to tell the term's effect from noise.
+    s = spike_piece(40)
+    dmap = simulated_map(s, RES)
+    config = RefineConfig(max_recycles=3, steps_per_recycle=20, rigid_steps=0, coarse_recycles=0, fit_rotamers=False,
+                          fit_peptides=False, refine_b_factors=False, max_rounds=1)  # fmt: skip
+    counts = {"with": 0, "without": 0}
+    for seed in (4, 5):
+        rng = np.random.default_rng(seed)
+        start = s.with_coordinates(s.atoms().coords + rng.normal(0, 0.4, s.atoms().coords.shape))
+        with_h, _ = refine(start, dmap, RES, config, LossWeights())
+        without_h, _ = refine(start, dmap, RES, config, LossWeights(clash_h=0.0))
+        counts["with"] += len(all_atom_clashes(with_h).clashes)
+        counts["without"] += len(all_atom_clashes(without_h).clashes)
+    assert counts["with"] < counts["without"]
     obj = RefinementObjective(start, dmap, RES)
     _, terms = obj(obj.init_coords)
     assert float(terms["clash_h"]) > 0

@@ -92,6 +92,27 @@ err_console = Console(stderr=True)
 INTERRUPTED = "interrupted: nothing partial was written; resumable commands continue where they stopped when rerun"
 
 
+def _exit_interrupted() -> None:
+    """Say so in one line and exit 130, whatever else arrives now.
+
+    The command has already unwound (temporary files removed by their context managers), so
+    nothing is left to clean. Further Ctrl-C are ignored and the interpreter's own shutdown is
+    skipped: an interrupt that reached Python during it made the interpreter kill itself with
+    SIGINT (exit status −2 instead of 130, now and then in the test suite).
+    """
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    err_console.print(INTERRUPTED, soft_wrap=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
+
+
 def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
     err_console.print(f"[yellow]warning:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
 
@@ -109,19 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code != 0:
             if code == 130:
-                err_console.print(INTERRUPTED, soft_wrap=True)
+                _exit_interrupted()
             sys.exit(code)
     except CryostackError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))  # a pipeline stage that hit a bug says 1
     except KeyboardInterrupt:
-        err_console.print(INTERRUPTED, soft_wrap=True)
-        sys.exit(130)
+        _exit_interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:  # click turns Ctrl-C into Abort
-        err_console.print(INTERRUPTED, soft_wrap=True)
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as exc:  # click usage errors
         # Duck-typed: typer ≥ 0.29 vendors click (typer._click), so `import click` may fail.
         message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)

@@ -96,29 +96,36 @@ def _local_cubes(
     elements that receive the results (forward pass only: ``out=`` does not record gradients).
     Reusing them across chunks saves allocating, and page-faulting, megabytes per chunk.
     """
-    dev, dt = xyz.device, xyz.dtype
     alpha = (4.0 * math.pi**2) / btot  # (A, K) 1/Å²
     norm = amp * (4.0 * math.pi / btot) ** 1.5  # (A, K) peak density of each term
 
-    factors = []
-    for axis in range(3):  # x, y, z
-        steps = torch.arange(size[axis], device=dev)
-        pos = (first[:, axis, None] + steps[None, :]).to(dt) * g.voxel[axis] + g.origin[axis]  # (A, S) Å
-        d2 = (pos - xyz[:, axis, None]) ** 2
-        factors.append(torch.exp(-alpha[:, :, None] * d2[:, None, :]))  # (A, K, S)
-    fx, fy, fz = factors
+    fx, fy, fz = (torch.exp(-alpha[:, :, None] * (d * d)[:, None, :]) for d in _axis_offsets_A(xyz, first, size, g))
     A, K = btot.shape
     n_vox = A * size[0] * size[1] * size[2]
     zy = (norm[:, :, None, None] * fz[:, :, :, None] * fy[:, :, None, :]).reshape(A, K, -1)  # (A, K, Sz*Sy)
     cube_out = None if scratch is None else scratch[0][:n_vox].view(A, size[2] * size[1], size[0])
     cube = torch.bmm(zy.transpose(1, 2), fx, out=cube_out).view(A, size[2], size[1], size[0])
 
+    idx_out = None if scratch is None else scratch[1][:n_vox].view(A, *offsets.shape)
+    idx = torch.add(_stencil_start(first, g)[:, None, None, None], offsets[None], out=idx_out)
+    return cube, idx
+
+
+def _axis_offsets_A(xyz: torch.Tensor, first: torch.Tensor, size: tuple[int, int, int], g: _Grid) -> list[torch.Tensor]:
+    """Per axis (x, y, z), ``(A, S)`` Å from each atom to the centres of its stencil's voxels."""
+    out = []
+    for axis in range(3):
+        steps = torch.arange(size[axis], device=xyz.device)
+        pos = (first[:, axis, None] + steps[None, :]).to(xyz.dtype) * g.voxel[axis] + g.origin[axis]
+        out.append(pos - xyz[:, axis, None])
+    return out
+
+
+def _stencil_start(first: torch.Tensor, g: _Grid) -> torch.Tensor:
+    """``(A,)`` flat index in the padded grid of each stencil's first voxel."""
     _, ny, nx = g.padded_shape
     z0, y0, x0 = g.pad_lo
-    base = ((first[:, 2] + z0) * ny + (first[:, 1] + y0)) * nx + (first[:, 0] + x0)
-    idx_out = None if scratch is None else scratch[1][:n_vox].view(A, *offsets.shape)
-    idx = torch.add(base[:, None, None, None], offsets[None], out=idx_out)
-    return cube, idx
+    return ((first[:, 2] + z0) * ny + (first[:, 1] + y0)) * nx + (first[:, 0] + x0)
 
 
 def _offsets(size: tuple[int, int, int], g: _Grid, device) -> torch.Tensor:
@@ -244,7 +251,6 @@ def _cube_gradients(
     stencils. With ``f = exp(-α d²)`` along an axis, ``∂f/∂x_atom = 2 α d f``; with
     ``α = 4π²/B`` and the peak ``∝ B^-1.5``, ``∂ρ_k/∂B_k = (α |d|² − 1.5) ρ_k / B_k``.
     """
-    dev, dt = xyz.device, xyz.dtype
     A, K = btot.shape
     sx, sy, sz = size
     alpha = (4.0 * math.pi**2) / btot  # (A, K)
@@ -253,19 +259,14 @@ def _cube_gradients(
     f: list[torch.Tensor] = []
     df: list[torch.Tensor] = []
     d2f: list[torch.Tensor] = []  # d² f, for the width gradient only
-    for axis in range(3):
-        steps = torch.arange(size[axis], device=dev)
-        pos = (first[:, axis, None] + steps[None, :]).to(dt) * g.voxel[axis] + g.origin[axis]
-        d = (pos - xyz[:, axis, None])[:, None, :]  # (A, 1, S)
+    for d in _axis_offsets_A(xyz, first, size, g):
+        d = d[:, None, :]  # (A, 1, S)
         e = torch.exp(-alpha[:, :, None] * d * d)  # (A, K, S)
         f.append(e)
         df.append(2.0 * alpha[:, :, None] * d * e)
         if widths:
             d2f.append(d * d * e)
-    _, ny, nx = g.padded_shape
-    zp, yp, xp = g.pad_lo
-    base = ((first[:, 2] + zp) * ny + (first[:, 1] + yp)) * nx + (first[:, 0] + xp)
-    grad = gpad[base[:, None, None, None] + offsets[None]].view(A, sz * sy, sx)
+    grad = gpad[_stencil_start(first, g)[:, None, None, None] + offsets[None]].view(A, sz * sy, sx)
     xs = [f[0], df[0]] + ([d2f[0]] if widths else [])
     pq = torch.bmm(grad, torch.cat(xs, dim=1).transpose(1, 2))  # (A, Sz*Sy, 2K or 3K)
     pq = pq.view(A, sz, sy, len(xs), K).permute(0, 3, 4, 1, 2)  # (A, 2|3, K, Sz, Sy)

@@ -56,16 +56,23 @@ def rama_outliers(objective, x: torch.Tensor) -> list[int]:
     return [k for k, bad in _outlier_flags(objective.rama, x).items() if bad]
 
 
+def _tables(objective) -> tuple[dict, dict[int, int], np.ndarray]:
+    """The objective's atom look-up ``(residue, name) → atom``, Ramachandran row of each residue and
+    movable mask, built once per objective (every outlier's planes are looked up in them)."""
+    cached = objective.__dict__.get("_peptide_tables")
+    if cached is None:
+        row_of = {int(r): i for i, r in enumerate(objective.rama.residue.cpu().tolist())}
+        cached = (objective.atoms.atom_lookup(), row_of, objective.movable.cpu().numpy())
+        objective.__dict__["_peptide_tables"] = cached
+    return cached
+
+
 def _peptides(objective, k: int) -> list[tuple[int, int, list[int], list[int]]]:
     """The peptide planes of Ramachandran row ``k``: ``(Cα before, Cα after, [C, O, N], rows whose
     φ/ψ the turn changes)``, for the plane before the residue and the plane after; planes with an
     atom missing or fixed, or ending in a proline's N, are left out."""
     arr = objective.atoms
-    lookup = objective.__dict__.setdefault("_atom_lookup", arr.atom_lookup())
-    row_of = objective.__dict__.setdefault(
-        "_rama_row_of_residue", {int(r): i for i, r in enumerate(objective.rama.residue.cpu().tolist())}
-    )
-    movable = objective.movable.cpu().numpy()
+    lookup, row_of, movable = _tables(objective)
     c_prev, n_i, ca_i, c_i = (int(v) for v in objective.rama.phi_index[k])
     n_next = int(objective.rama.psi_index[k, 3])
     r = int(arr.residue_index[ca_i])

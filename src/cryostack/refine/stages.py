@@ -202,7 +202,6 @@ def fit_rotamers_and_polish(
     optimiser's own); returns the model to keep, its history index and the fitting stats (with
     ``kept``: whether the fitted model was returned)."""
     t0 = time.perf_counter()
-    w = getattr(objective.weights, "density", 1.0) or 1.0
     # First every outlier leaves its conformation; if the map rejects that as a whole, the
     # outliers the density prefers may stay (a second, lenient fit).
     for keep_outliers in (False, True):
@@ -212,14 +211,31 @@ def fit_rotamers_and_polish(
         stats["outliers_kept_as_candidates"] = keep_outliers
         if stats["changed"] == 0:
             return best_x, best_recycle, stats
-        record(objective, fitted, history, "rotamer_fit", progress)
-        polished = polish(fitted)
-        rec = record(objective, polished, history, "polish", progress)
+        polished, rec, kept = _polish_and_judge(objective, fitted, "rotamer_fit", best_loss, history, progress, polish)
         stats["fit_and_polish_s"] = time.perf_counter() - t0
-        if rec.loss <= best_loss + w * FIT_CC_TOLERANCE:
+        if kept:
             stats["kept"] = True
             return polished, rec.recycle, stats
     return best_x, best_recycle, stats
+
+
+def _polish_and_judge(
+    objective: RefinementObjective,
+    fitted: torch.Tensor,
+    stage: str,
+    best_loss: float,
+    history: list,
+    progress,
+    polish: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, RecycleRecord, bool]:
+    """Record ``fitted`` (as ``stage``), polish it and record that; returns the polished model, its
+    record and whether to keep it: its total loss is at most ``best_loss`` plus the density weight
+    times :data:`FIT_CC_TOLERANCE`."""
+    record(objective, fitted, history, stage, progress)
+    polished = polish(fitted)
+    rec = record(objective, polished, history, "polish", progress)
+    w = getattr(objective.weights, "density", 1.0) or 1.0
+    return polished, rec, rec.loss <= best_loss + w * FIT_CC_TOLERANCE
 
 
 def fit_peptides_and_polish(
@@ -240,12 +256,9 @@ def fit_peptides_and_polish(
     stats["fit_s"] = time.perf_counter() - t0
     if stats["changed"] == 0:
         return best_x, best_recycle, best_loss, stats
-    record(objective, fitted, history, "peptide_fit", progress)
-    polished = polish(fitted)
-    rec = record(objective, polished, history, "polish", progress)
+    polished, rec, kept = _polish_and_judge(objective, fitted, "peptide_fit", best_loss, history, progress, polish)
     stats["fit_and_polish_s"] = time.perf_counter() - t0
-    w = getattr(objective.weights, "density", 1.0) or 1.0
-    if rec.loss <= best_loss + w * FIT_CC_TOLERANCE:
+    if kept:
         stats["kept"] = True
         return polished, rec.recycle, rec.loss, stats
     return best_x, best_recycle, best_loss, stats

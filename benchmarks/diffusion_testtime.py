@@ -7,7 +7,8 @@ run once), the refinement loss is traced every few steps for
 * ``raw``: test-time Adam on the denoiser's weights with the paper's raw one-step output, at each
   ``--sigmas`` and ``--raw-lrs``;
 * ``residual``: the same with ``TestTimeConfig.residual`` (input + change of the output since
-  pretraining) at each ``--residual-lrs``.
+  pretraining) at each ``--residual-lrs`` and each ``--adapt-blocks`` (every weight, or only
+  the last blocks').
 
 It answers where the diffusion optimiser loses to direct: the loss of the pretrained output
 before any adaptation, how fast adaptation lowers the loss, and what a step costs (network
@@ -73,21 +74,22 @@ def direct_fn(objective, x0: torch.Tensor, lr: float):
     return step
 
 
-def denoiser_fn(
-    objective, x0: torch.Tensor, pretrained, feats, sigma_A: float, lr: float, residual: bool, timing: dict
-):
-    from cryostack.refine.diffusion.config import TestTimeConfig
-    from cryostack.refine.diffusion.testtime import _base_offset, _step_output, _trainable_copy
+def denoiser_fn(objective, x0: torch.Tensor, pretrained, feats, ttc, timing: dict):
+    """Test-time Adam on the denoiser's weights (``ttc``: sigma, lr, residual, adapt_blocks)."""
+    from cryostack.refine.diffusion.testtime import _adapted, _base_offset, _denoiser_of, _trainable_copy
 
-    net = _trainable_copy(pretrained, x0.device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net = _trainable_copy(pretrained, x0.device, ttc)
+    opt = torch.optim.Adam(_adapted(net), lr=ttc.lr)
     graph = net.graph(x0, feats)
-    base = _base_offset(pretrained, x0, feats, graph, TestTimeConfig(sigma_A=sigma_A, residual=residual))
+    base = _base_offset(pretrained, x0, feats, graph, ttc)
+    t_trunk = time.perf_counter()
+    denoise = _denoiser_of(net, x0, feats, graph, ttc)
+    timing["trunk_once_s"] = time.perf_counter() - t_trunk
     movable = objective.movable.bool()[:, None]
 
     def step(_, last=False):
         t0 = time.perf_counter()
-        x = _step_output(net, x0, feats, graph, base, movable, x0, sigma_A)
+        x = torch.where(movable, denoise() - base, x0)
         t1 = time.perf_counter()
         loss, terms = objective(x)
         t2 = time.perf_counter()
@@ -108,6 +110,7 @@ def run_case(case: str, work: Path, args) -> dict:
     from cryostack.io.maps import read_map
     from cryostack.io.models import read_structure
     from cryostack.refine import LossWeights, RefineConfig
+    from cryostack.refine.diffusion.config import TestTimeConfig
     from cryostack.refine.diffusion.featurize import featurize
     from cryostack.refine.diffusion.model import load_denoiser
     from cryostack.refine.objective import RefinementObjective
@@ -139,23 +142,27 @@ def run_case(case: str, work: Path, args) -> dict:
     )
     pretrained = load_denoiser(None)
     feats = featurize(objective.atoms)
-    variants = [("raw", s, lr) for s in args.sigmas for lr in args.raw_lrs]
-    variants += [("residual", args.residual_sigma, lr) for lr in args.residual_lrs]
-    for kind, sigma, lr in variants:
+    variants = [("raw", s, lr, None) for s in args.sigmas for lr in args.raw_lrs]
+    variants += [("residual", args.residual_sigma, lr, k) for lr in args.residual_lrs for k in args.adapt_blocks]
+    for kind, sigma, lr, adapt in variants:
         timing: dict = {}
-        fn = denoiser_fn(objective, x0, pretrained, feats, sigma, lr, kind == "residual", timing)
+        ttc = TestTimeConfig(sigma_A=sigma, lr=lr, residual=kind == "residual", adapt_blocks=adapt)
+        fn = denoiser_fn(objective, x0, pretrained, feats, ttc, timing)
         row = {
             "method": f"diffusion_{kind}",
             "sigma_A": sigma,
             "lr": lr,
+            "adapt_blocks": adapt,
             **trace(objective, fn, args.steps, args.every),
         }
         n = timing.pop("n")
-        row.update({k: v / n for k, v in timing.items()})
+        row.update({k: v / n for k, v in timing.items() if k != "trunk_once_s"})
+        row["trunk_once_s"] = timing["trunk_once_s"]
         out["runs"].append(row)
         print(
-            f"{case} {row['method']} sigma {sigma} lr {lr}: best loss {row['best_loss']:.3f} "
-            f"(placed {out['placed']['loss']:.3f})",
+            f"{case} {row['method']} sigma {sigma} lr {lr} adapt_blocks {adapt}: best loss {row['best_loss']:.3f} "
+            f"(placed {out['placed']['loss']:.3f}, direct {out['runs'][0]['best_loss']:.3f}) "
+            f"{row['s_per_step'] * 1000:.0f} ms/step",
             flush=True,
         )
     return out
@@ -167,10 +174,16 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/cryostack_refine_bench")
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--every", type=int, default=10)
-    ap.add_argument("--sigmas", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.5])
-    ap.add_argument("--raw-lrs", type=lambda s: [float(v) for v in s.split(",")], default=[1e-3, 1e-2])
+    ap.add_argument("--sigmas", type=lambda s: [float(v) for v in s.split(",") if v], default=[0.05, 0.5])
+    ap.add_argument("--raw-lrs", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-3, 1e-2])
     ap.add_argument("--residual-sigma", type=float, default=0.5)
-    ap.add_argument("--residual-lrs", type=lambda s: [float(v) for v in s.split(",")], default=[1e-4, 3e-4])
+    ap.add_argument("--residual-lrs", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-4, 3e-4])
+    ap.add_argument(
+        "--adapt-blocks",
+        type=lambda s: [None if v == "all" else int(v) for v in s.split(",")],
+        default=[None],
+        help="comma list of TestTimeConfig.adapt_blocks for the residual runs: 'all' or a block count",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -27,6 +27,7 @@ process and the children it starts) are its own. Finished runs are cached as JSO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -266,7 +267,7 @@ def run_one(case: str, method: str, work: Path) -> dict:
         extra["rotamer_fit_changed"] = fit.get("changed")
         extra["rotamer_fit_kept"] = fit.get("kept")
         extra["rotamer_fit_outliers_kept_as_candidates"] = fit.get("outliers_kept_as_candidates")
-        extra["refine_config"] = _config_dict()["config"]
+        extra["refine_config"] = dataclasses.asdict(RefineConfig(method=optimiser))
         extra["loss_weights"] = weights.__dict__
         extra["git_commit"] = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -442,6 +443,12 @@ def main() -> None:
         help="run the methods other than input and direct on only the first N simulated chains",
     )
     ap.add_argument(
+        "--sim-diffusion-chains",
+        type=int,
+        default=None,
+        help="run diffusion on only the first N simulated chains (it costs several times direct)",
+    )
+    ap.add_argument(
         "--sim-slice",
         default=None,
         metavar="START:STOP",
@@ -492,12 +499,8 @@ def main() -> None:
     rows, failures, not_run = [], [], []
     cache = work / "results"
     cache.mkdir(parents=True, exist_ok=True)
-    peer_sim = None
-    if args.sim_peer_chains is not None:
-        peer_sim = {c for c in cases if c.startswith("sim:")}
-        chains = sorted({c.rsplit(":", 1)[0] for c in peer_sim}, key=lambda c: int(c.rsplit(":", 1)[1]))
-        keep = set(chains[: args.sim_peer_chains])
-        peer_sim = {c for c in peer_sim if c.rsplit(":", 1)[0] in keep}
+    peer_sim = _first_sim_chains(cases, args.sim_peer_chains)
+    diffusion_sim = _first_sim_chains(cases, args.sim_diffusion_chains)
     for case in cases:
         for method in methods:
             if method == "truth" and not case.startswith("sim:"):
@@ -509,6 +512,13 @@ def main() -> None:
                 and case.startswith("sim:")
                 and method not in ("input", "truth", "direct")
                 and case not in peer_sim
+            ):
+                continue
+            if (
+                diffusion_sim is not None
+                and case.startswith("sim:")
+                and method.partition("@")[0] == "diffusion"
+                and case not in diffusion_sim
             ):
                 continue
             f = cache / f"{_slug(case)}__{method}.json"
@@ -541,6 +551,16 @@ def main() -> None:
                 flush=True,
             )
     write_summary(rows, failures, not_run, skipped_methods, args, Path(args.out))
+
+
+def _first_sim_chains(cases: list[str], n_chains: int | None) -> set[str] | None:
+    """The simulated cases of the first ``n_chains`` chains (by corpus index), or ``None`` for all."""
+    if n_chains is None:
+        return None
+    sims = {c for c in cases if c.startswith("sim:")}
+    chains = sorted({c.rsplit(":", 1)[0] for c in sims}, key=lambda c: int(c.rsplit(":", 1)[1]))
+    keep = set(chains[:n_chains])
+    return {c for c in sims if c.rsplit(":", 1)[0] in keep}
 
 
 def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> None:
@@ -694,6 +714,7 @@ def write_summary(rows, failures, not_run, skipped_methods, args, out: Path) -> 
             "split_from": args.split_from,
             "sim_chains": args.sim_chains,
             "sim_peer_chains": args.sim_peer_chains,
+            "sim_diffusion_chains": args.sim_diffusion_chains,
             "sim_resolutions_A": SIM_RESOLUTIONS_A,
             "direct_config": _config_dict(),
         },

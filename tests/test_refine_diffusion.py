@@ -285,3 +285,43 @@ def test_residual_output_starts_as_the_identity(ntd_piece):
     assert float((raw - x).norm(dim=1).mean()) > 1e-3
     torch.testing.assert_close(raw - base, x, atol=1e-4, rtol=0)
     assert _base_offset(model, x, feats, graph, TestTimeConfig(residual=False)) == 0.0
+
+
+def test_trunk_and_head_compose_to_the_forward_pass(ntd_piece):
+    """Splitting the network after any block gives the same output as one forward pass."""
+    torch.set_num_threads(1)
+    model = _randomise(AtomDenoiser(SMALL), std=0.05).eval()
+    feats = featurize(ntd_piece.atoms())
+    x = torch.as_tensor(ntd_piece.atoms().coords, dtype=torch.float32)
+    graph = model.graph(x, feats)
+    with torch.no_grad():
+        whole = model(x, 0.5, feats, graph=graph)
+        for n in range(len(model.blocks) + 1):
+            torch.testing.assert_close(
+                model.forward_head(model.forward_trunk(x, 0.5, feats, graph=graph, n_blocks=n)), whole
+            )
+
+
+def test_adapting_only_the_last_block_leaves_the_rest_pretrained(ntd_piece):
+    """``adapt_blocks=1``: only the last block's weights change, and the objective still falls."""
+    from cryostack.io.maps import read_map
+    from cryostack.refine import RefineConfig, RefinementObjective
+    from cryostack.refine.diffusion import refine_diffusion
+
+    torch.set_num_threads(1)
+    arr = ntd_piece.atoms()
+    rng = np.random.default_rng(0)
+    start = ntd_piece.with_coordinates(arr.coords + rng.normal(0, 0.3, arr.coords.shape))
+    obj = RefinementObjective(start, read_map(EXAMPLE / "emd_21457_seg.mrc"), 3.2)
+    model = _randomise(AtomDenoiser(SMALL), std=0.01)
+    config = RefineConfig(
+        method="diffusion", max_recycles=3, steps_per_recycle=4, patience=3, rigid_steps=0, coarse_recycles=0
+    )
+    res = refine_diffusion(obj, config, model=model, lr=1e-3, adapt_blocks=1)
+    last = f"blocks.{len(model.blocks) - 1}."
+    changed = {k for k, v in res.denoiser.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+    assert changed and all(k.startswith(last) for k in changed)
+    with torch.no_grad():
+        assert float(obj(torch.as_tensor(res.coords))[0]) < float(obj(obj.init_coords)[0])
+    with pytest.raises(ValueError, match="adapt_blocks"):
+        refine_diffusion(obj, config, model=model, adapt_blocks=len(model.blocks) + 1)

@@ -67,6 +67,9 @@ class TestTimeConfig:
     steps_per_recycle: int = 10
     patience: int = 5  # recycles without a better loss before stopping
     min_improvement: float = 1e-4  # relative loss decrease that counts as better
+    # Adapt only the last N message-passing blocks (their inputs, from the frozen embeddings and
+    # earlier blocks, are computed once per input); None adapts every weight (the paper).
+    adapt_blocks: int | None = None
     feed_back: bool = False  # True: each recycle denoises the previous recycle's output, not the input
     weights: str | None = None  # checkpoint path; None = the packaged denoiser_v2.pt
     seed: int = 0

@@ -11,6 +11,7 @@ rotations, reflections and translations without any augmentation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import cast
 
@@ -89,6 +90,24 @@ class _Block(nn.Module):
         return h, vec
 
 
+@dataclasses.dataclass(frozen=True)
+class _TrunkState:
+    """What :meth:`AtomDenoiser.network` carries from block to block (atoms ``N``, edges ``E``):
+    the scaled input ``x_in (N, 3)``, ``sigma (N, 1)`` Å, physical coordinates ``y (N, 3)`` Å,
+    ``c_out (N, 1)``, atom features ``h (N, hidden)``, the summed position update ``total (N, 3)``,
+    ``edges (2, E)``, ``edge_attr (E, edge_hidden)`` and the index of the next block to run."""
+
+    x_in: torch.Tensor
+    sigma: torch.Tensor
+    y: torch.Tensor
+    co: torch.Tensor
+    h: torch.Tensor
+    total: torch.Tensor
+    edges: torch.Tensor
+    edge_attr: torch.Tensor
+    next_block: int
+
+
 class AtomDenoiser(nn.Module):
     """EDM-preconditioned denoiser ``D(x; sigma)`` over the atoms of one (or a batch of) model(s)."""
 
@@ -120,10 +139,19 @@ class AtomDenoiser(nn.Module):
         ``x_in`` is the centred, ``c_in``-scaled input; ``noise`` is ``c_noise`` as ``(N, 1)``
         (one noise level per atom, so chains with different sigma can share a batch).
         """
+        return self.network_head(self.network_trunk(x_in, noise, feats, graph, n_blocks=0))
+
+    def network_trunk(
+        self, x_in: torch.Tensor, noise: torch.Tensor, feats: AtomFeatures, graph, n_blocks: int
+    ) -> _TrunkState:
+        """The embeddings and the first ``n_blocks`` message-passing blocks of :meth:`network`.
+
+        What they produce depends only on the input, so a caller that adapts only the later
+        blocks (test-time refinement) computes it once and runs :meth:`network_head` per step.
+        """
         sd = self.cfg.sigma_data_A
         sigma = sd * torch.exp(4.0 * noise)
         y = x_in / c_in(sigma, sd)  # back to Å: the radial basis is defined on physical distances
-        co = c_out(sigma, sd)
         edges, kind, offset = graph
         emb = torch.cat([torch.sin(noise * self._freqs), torch.cos(noise * self._freqs)], dim=-1)
         h = (
@@ -134,13 +162,32 @@ class AtomDenoiser(nn.Module):
             + self.main_chain(feats.main_chain.long())
             + self.noise(emb)
         )
-        edge_attr = self.edge_kind(kind) + self.edge_offset(offset)
-        total = torch.zeros_like(y)
-        for block in self.blocks:
-            h, vec = block(h, y + co * total, edges, edge_attr, self.rbf)
+        state = _TrunkState(
+            x_in=x_in,
+            sigma=sigma,
+            y=y,
+            co=c_out(sigma, sd),
+            h=h,
+            total=torch.zeros_like(y),
+            edges=edges,
+            edge_attr=self.edge_kind(kind) + self.edge_offset(offset),
+            next_block=0,
+        )
+        return self.run_blocks(state, n_blocks)
+
+    def run_blocks(self, state: _TrunkState, stop: int) -> _TrunkState:
+        """Blocks ``state.next_block`` up to (not including) ``stop``."""
+        h, total = state.h, state.total
+        for block in list(self.blocks)[state.next_block : stop]:
+            h, vec = block(h, state.y + state.co * total, state.edges, state.edge_attr, self.rbf)
             total = total + vec
+        return dataclasses.replace(state, h=h, total=total, next_block=max(stop, state.next_block))
+
+    def network_head(self, state: _TrunkState) -> torch.Tensor:
+        """The blocks from ``state.next_block`` on and the network output ``(N, 3)`` (see :meth:`network`)."""
+        state = self.run_blocks(state, len(self.blocks))
         # (sigma / sigma_data) c_in x makes D exactly the identity when the learned part is zero
-        return (sigma / sd) * x_in + total
+        return (state.sigma / self.cfg.sigma_data_A) * state.x_in + state.total
 
     def forward(
         self,
@@ -154,13 +201,32 @@ class AtomDenoiser(nn.Module):
 
         ``sigma`` is a scalar or per-atom ``(N,)``; ``graph`` a cached :meth:`graph` of ``x``.
         """
+        return self.forward_head(self.forward_trunk(x, sigma, feats, graph, group, n_blocks=0))
+
+    def forward_trunk(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        feats: AtomFeatures,
+        graph=None,
+        group: torch.Tensor | None = None,
+        n_blocks: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _TrunkState]:
+        """:meth:`forward` up to and including block ``n_blocks``; finish with :meth:`forward_head`."""
         sd = self.cfg.sigma_data_A
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)
         if graph is None:
             graph = self.graph(x, feats, group)
         centre = x.detach().mean(dim=0)  # translation equivariance (c_skip scales about the centre)
         xc = x - centre
-        f = self.network(c_in(sigma, sd) * xc, c_noise(sigma, sd), feats, graph)
+        state = self.network_trunk(c_in(sigma, sd) * xc, c_noise(sigma, sd), feats, graph, n_blocks)
+        return centre, xc, sigma, state
+
+    def forward_head(self, partial: tuple[torch.Tensor, torch.Tensor, torch.Tensor, _TrunkState]) -> torch.Tensor:
+        """The denoised coordinates ``(N, 3)`` Å from a :meth:`forward_trunk` result (the remaining blocks)."""
+        centre, xc, sigma, state = partial
+        sd = self.cfg.sigma_data_A
+        f = self.network_head(state)
         return centre + c_skip(sigma, sd) * xc + c_out(sigma, sd) * f
 
     def n_parameters(self) -> int:

@@ -13,18 +13,25 @@ worse here: the adapted weights then apply their correction twice). Recycling st
 best loss has not improved for ``patience`` recycles; the coordinates with the lowest loss seen
 (the input included) are returned.
 
-The model is placed first and rotamer-fitted last by the same optimiser-independent stages as
-the direct optimiser (:mod:`cryostack.refine.stages`; ``RefineConfig.coarse_recycles``,
-``rigid_steps``, ``fit_rotamers``), so the two optimisers differ only in how the per-atom
-refinement moves atoms: the placed model is the denoiser's input. The polish after rotamer
-fitting is one recycle of the same test-time scheme on the fitted model, starting again from
-the pretrained weights.
+The model is placed first, and its peptide planes and rotamers fitted last, by the same
+optimiser-independent stages as the direct optimiser (:mod:`cryostack.refine.stages`;
+``RefineConfig.coarse_recycles``, ``rigid_steps``, ``fit_peptides``, ``fit_rotamers``), so the
+two optimisers differ only in how the per-atom refinement moves atoms: the placed model is the
+denoiser's input. The polish after each fitting stage is one recycle of the same test-time
+scheme on the fitted model, starting again from the pretrained weights.
+
+``TestTimeConfig.adapt_blocks`` trains only the last message-passing blocks; their input (the
+frozen embeddings and earlier blocks, which depend only on the fixed input model) is computed
+once, so a step costs about half as much with two of four blocks, but on the spike NTD the
+loss fell less per second than with every weight adapted (docs/refine.md), which stays the
+default.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -96,7 +103,7 @@ def refine_diffusion(
         input counts, so the loss never gets worse) and one record per recycle.
     """
     from cryostack.refine.api import RecycleRecord, RefineResult, recycle_cc, terms_as_floats
-    from cryostack.refine.stages import fit_rotamers_and_polish, place
+    from cryostack.refine.stages import fit_peptides_and_polish, fit_rotamers_and_polish, place
 
     t0 = time.perf_counter()
     ttc = config_from(config, **overrides)
@@ -107,14 +114,14 @@ def refine_diffusion(
     pretrained = model if model is not None else load_denoiser(ttc.weights, device=str(dev))
     if any(p.device != dev for p in pretrained.parameters()):
         pretrained = copy.deepcopy(pretrained).to(dev)  # the caller's model stays where it is
-    net = _trainable_copy(pretrained, dev)
+    net = _trainable_copy(pretrained, dev, ttc)
     feats = (feats if feats is not None else featurize(_atoms_of(objective))).to(dev)
     start = objective.init_coords.detach().to(dev, torch.float32)
     if feats.n_atoms != start.shape[0]:
         raise ValueError(f"atom features ({feats.n_atoms}) and objective coordinates ({start.shape[0]}) differ")
     x0 = place(objective, start, stage_config)
     movable = objective.movable.to(dev).bool()[:, None]
-    opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
+    opt = torch.optim.Adam(_adapted(net), lr=ttc.lr)
 
     with torch.no_grad():
         loss0, terms0 = objective(start)
@@ -126,10 +133,11 @@ def refine_diffusion(
     # the graph and the pretrained offset depend only on the input: recomputed when feed_back moves it
     graph = net.graph(x_in, feats)
     base = _base_offset(pretrained, x_in, feats, graph, ttc)
+    denoise = _denoiser_of(net, x_in, feats, graph, ttc)
     for recycle in range(1, ttc.max_recycles + 1):
         start_best = best_loss
         for _ in range(ttc.steps_per_recycle):
-            out = _step_output(net, x_in, feats, graph, base, movable, x0, ttc.sigma_A)
+            out = torch.where(movable, denoise() - base, x0)
             loss, _ = objective(out)
             lv = float(loss.detach())
             if lv < best_loss:  # every evaluated output is a candidate
@@ -138,7 +146,7 @@ def refine_diffusion(
             loss.backward()
             opt.step()
         with torch.no_grad():
-            out = _step_output(net, x_in, feats, graph, base, movable, x0, ttc.sigma_A)
+            out = torch.where(movable, denoise() - base, x0)
             loss, terms = objective(out)
         rec = RecycleRecord(recycle, float(loss), terms_as_floats(terms), recycle_cc(objective, out, terms))
         history.append(rec)
@@ -156,12 +164,17 @@ def refine_diffusion(
             x_in = out.detach()
             graph = net.graph(x_in, feats)
             base = _base_offset(pretrained, x_in, feats, graph, ttc)
-    fit_stats = None
+            denoise = _denoiser_of(net, x_in, feats, graph, ttc)
+    fit_stats = peptide_stats = None
+
+    def polish(x: torch.Tensor) -> torch.Tensor:
+        return _adapt_once(pretrained, objective, x, feats, movable, ttc)
+
+    if stage_config.fit_peptides:
+        best_coords, best_recycle, best_loss, peptide_stats = fit_peptides_and_polish(
+            objective, best_coords, best_loss, best_recycle, history, progress, polish
+        )
     if stage_config.fit_rotamers:
-
-        def polish(x: torch.Tensor) -> torch.Tensor:
-            return _adapt_once(pretrained, objective, x, feats, movable, ttc)
-
         best_coords, best_recycle, fit_stats = fit_rotamers_and_polish(
             objective, best_coords, best_loss, best_recycle, history, progress, polish
         )
@@ -172,6 +185,7 @@ def refine_diffusion(
         best_recycle=best_recycle,
         wall_s=time.perf_counter() - t0,
         rotamer_fit=fit_stats,
+        peptide_fit=peptide_stats,
     )
     # the case-adapted weights, for inspection: an extra attribute of this result, not a RefineResult field
     result.denoiser = net.eval()  # type: ignore[attr-defined]
@@ -203,26 +217,43 @@ def _base_offset(
         return pretrained(x_in, ttc.sigma_A, feats, graph=graph) - x_in
 
 
-def _step_output(
-    net: AtomDenoiser,
-    x_in: torch.Tensor,
-    feats: AtomFeatures,
-    graph,
-    base,
-    movable: torch.Tensor,
-    fixed: torch.Tensor,
-    sigma_A: float,
-) -> torch.Tensor:
-    """One test-time output ``(N, 3)`` Å: the denoiser's one-step output of ``x_in`` minus ``base``
-    (:func:`_base_offset`) for ``movable`` ``(N, 1)`` atoms, ``fixed`` coordinates for the rest."""
-    return torch.where(movable, net(x_in, sigma_A, feats, graph=graph) - base, fixed)
+def _denoiser_of(
+    net: AtomDenoiser, x_in: torch.Tensor, feats: AtomFeatures, graph, ttc: TestTimeConfig
+) -> Callable[[], torch.Tensor]:
+    """``() -> (N, 3)`` Å: the one-step output of ``net`` for the fixed input ``x_in`` at
+    ``ttc.sigma_A`` with its current weights. With ``ttc.adapt_blocks`` only the last blocks are
+    trained, so the frozen embeddings and earlier blocks are run once here, not at every step."""
+    if ttc.adapt_blocks is None:
+        return lambda: net(x_in, ttc.sigma_A, feats, graph=graph)
+    with torch.no_grad():
+        partial = net.forward_trunk(x_in, ttc.sigma_A, feats, graph=graph, n_blocks=_frozen_blocks(net, ttc))
+    return lambda: net.forward_head(partial)
 
 
-def _trainable_copy(pretrained: AtomDenoiser, device) -> AtomDenoiser:
-    """A copy of ``pretrained`` on ``device`` in training mode with every weight trainable."""
+def _frozen_blocks(net: AtomDenoiser, ttc: TestTimeConfig) -> int:
+    """How many leading message-passing blocks stay at their pretrained weights."""
+    n = len(net.blocks)
+    if ttc.adapt_blocks is None:
+        return 0
+    if not 1 <= ttc.adapt_blocks <= n:
+        raise ValueError(f"adapt_blocks must be between 1 and {n} (the denoiser's blocks), got {ttc.adapt_blocks}")
+    return n - ttc.adapt_blocks
+
+
+def _adapted(net: AtomDenoiser) -> list[torch.nn.Parameter]:
+    """The weights test-time optimisation changes (those left trainable by :func:`_trainable_copy`)."""
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _trainable_copy(pretrained: AtomDenoiser, device, ttc: TestTimeConfig) -> AtomDenoiser:
+    """A copy of ``pretrained`` on ``device`` in training mode; every weight trainable, or with
+    ``ttc.adapt_blocks`` only those of the last blocks."""
     net = copy.deepcopy(pretrained).to(device).train()
     for p in net.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(ttc.adapt_blocks is None)
+    for block in list(net.blocks)[_frozen_blocks(net, ttc) :]:
+        for p in block.parameters():
+            p.requires_grad_(True)
     return net
 
 
@@ -236,14 +267,15 @@ def _adapt_once(
 ) -> torch.Tensor:
     """One recycle (``ttc.steps_per_recycle`` weight steps) of a fresh copy of the pretrained
     denoiser on ``x_in``; the lowest-loss output seen (``x_in`` itself if none is lower)."""
-    net = _trainable_copy(pretrained, x_in.device)
-    opt = torch.optim.Adam(net.parameters(), lr=ttc.lr)
+    net = _trainable_copy(pretrained, x_in.device, ttc)
+    opt = torch.optim.Adam(_adapted(net), lr=ttc.lr)
     graph = net.graph(x_in, feats)
     base = _base_offset(pretrained, x_in, feats, graph, ttc)
+    denoise = _denoiser_of(net, x_in, feats, graph, ttc)
     with torch.no_grad():
         best_loss, best = float(objective(x_in)[0]), x_in
     for step in range(ttc.steps_per_recycle + 1):
-        out = _step_output(net, x_in, feats, graph, base, movable, x_in, ttc.sigma_A)
+        out = torch.where(movable, denoise() - base, x_in)
         loss, _ = objective(out)
         if float(loss.detach()) < best_loss:
             best_loss, best = float(loss.detach()), out.detach().clone()

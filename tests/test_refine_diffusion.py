@@ -267,18 +267,22 @@ def test_testtime_shares_placement_and_rotamer_fitting_with_direct(spike_piece, 
     assert plain.rotamer_fit is None and rmsd(plain.coords) > 2.0
 
 
+def _small_model_on(structure):
+    """A randomised small denoiser (eval mode, one thread), ``structure``'s features, coordinates ``(N, 3)`` Å and graph."""
+    torch.set_num_threads(1)
+    model = _randomise(AtomDenoiser(SMALL), std=0.05).eval()
+    feats = featurize(structure.atoms())
+    x = torch.as_tensor(structure.atoms().coords, dtype=torch.float32)
+    return model, feats, x, model.graph(x, feats)
+
+
 def test_residual_output_starts_as_the_identity(ntd_piece):
     """With ``residual`` (the default) an unadapted denoiser returns its input exactly, however
     far its own one-step output is from it; the raw output (``residual=False``) moves atoms."""
     from cryostack.refine.diffusion.config import TestTimeConfig
-    from cryostack.refine.diffusion.featurize import featurize
     from cryostack.refine.diffusion.testtime import _base_offset
 
-    torch.set_num_threads(1)
-    model = _randomise(AtomDenoiser(SMALL), std=0.05).eval()
-    feats = featurize(ntd_piece.atoms())
-    x = torch.as_tensor(ntd_piece.atoms().coords, dtype=torch.float32)
-    graph = model.graph(x, feats)
+    model, feats, x, graph = _small_model_on(ntd_piece)
     with torch.no_grad():
         raw = model(x, 0.5, feats, graph=graph)
         base = _base_offset(model, x, feats, graph, TestTimeConfig(sigma_A=0.5))
@@ -289,11 +293,7 @@ def test_residual_output_starts_as_the_identity(ntd_piece):
 
 def test_trunk_and_head_compose_to_the_forward_pass(ntd_piece):
     """Splitting the network after any block gives the same output as one forward pass."""
-    torch.set_num_threads(1)
-    model = _randomise(AtomDenoiser(SMALL), std=0.05).eval()
-    feats = featurize(ntd_piece.atoms())
-    x = torch.as_tensor(ntd_piece.atoms().coords, dtype=torch.float32)
-    graph = model.graph(x, feats)
+    model, feats, x, graph = _small_model_on(ntd_piece)
     with torch.no_grad():
         whole = model(x, 0.5, feats, graph=graph)
         for n in range(len(model.blocks) + 1):

@@ -92,7 +92,7 @@ class _Block(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class _TrunkState:
-    """What :meth:`AtomDenoiser.network` carries from block to block (atoms ``N``, edges ``E``):
+    """What :meth:`AtomDenoiser.network_trunk` carries from block to block (atoms ``N``, edges ``E``):
     the scaled input ``x_in (N, 3)``, ``sigma (N, 1)`` Å, physical coordinates ``y (N, 3)`` Å,
     ``c_out (N, 1)``, atom features ``h (N, hidden)``, the summed position update ``total (N, 3)``,
     ``edges (2, E)``, ``edge_attr (E, edge_hidden)`` and the index of the next block to run."""
@@ -133,21 +133,16 @@ class AtomDenoiser(nn.Module):
         """The edge set for coordinates ``(N, 3)`` Å (reusable while the input does not change)."""
         return build_graph(coords, feats, self.cfg.k_neighbours, group)
 
-    def network(self, x_in: torch.Tensor, noise: torch.Tensor, feats: AtomFeatures, graph) -> torch.Tensor:
-        """``F(c_in x, c_noise)``: ``(N, 3)`` output in units of ``c_out``.
-
-        ``x_in`` is the centred, ``c_in``-scaled input; ``noise`` is ``c_noise`` as ``(N, 1)``
-        (one noise level per atom, so chains with different sigma can share a batch).
-        """
-        return self.network_head(self.network_trunk(x_in, noise, feats, graph, n_blocks=0))
-
     def network_trunk(
         self, x_in: torch.Tensor, noise: torch.Tensor, feats: AtomFeatures, graph, n_blocks: int
     ) -> _TrunkState:
-        """The embeddings and the first ``n_blocks`` message-passing blocks of :meth:`network`.
+        """The network ``F(c_in x, c_noise)`` up to and including block ``n_blocks``: the embeddings
+        and the first message-passing blocks; :meth:`network_head` runs the rest.
 
-        What they produce depends only on the input, so a caller that adapts only the later
-        blocks (test-time refinement) computes it once and runs :meth:`network_head` per step.
+        ``x_in`` is the centred, ``c_in``-scaled input; ``noise`` is ``c_noise`` as ``(N, 1)``
+        (one noise level per atom, so chains with different sigma can share a batch). What the
+        trunk produces depends only on the input, so a caller that adapts only the later blocks
+        (test-time refinement) computes it once and runs :meth:`network_head` per step.
         """
         sd = self.cfg.sigma_data_A
         sigma = sd * torch.exp(4.0 * noise)
@@ -184,7 +179,7 @@ class AtomDenoiser(nn.Module):
         return dataclasses.replace(state, h=h, total=total, next_block=max(stop, state.next_block))
 
     def network_head(self, state: _TrunkState) -> torch.Tensor:
-        """The blocks from ``state.next_block`` on and the network output ``(N, 3)`` (see :meth:`network`)."""
+        """The blocks from ``state.next_block`` on and the network output ``(N, 3)``, in units of ``c_out``."""
         state = self.run_blocks(state, len(self.blocks))
         # (sigma / sigma_data) c_in x makes D exactly the identity when the learned part is zero
         return (state.sigma / self.cfg.sigma_data_A) * state.x_in + state.total
